@@ -1,0 +1,147 @@
+"""Typed run configuration: dataclasses with defaults, YAML presets and overrides on top.
+
+A run's whole resolved config is saved next to it (``config.yaml``) and inside every
+checkpoint, so the exact model and data pipeline can be rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lrcn.errors import LrcnError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "easyvqa"          # a name from lrcn.data.registry: easyvqa | vqa2
+    data_root: str | None = None      # dataset folder; easy-VQA needs none (bundled package)
+    train_split: str = "train"
+    val_split: str = "test"
+    max_question_tokens: int = 14     # m in the paper: questions are truncated/padded to this
+    min_word_count: int = 1           # words seen fewer times in training questions -> <unk>
+    answer_min_count: int = 1         # answers seen fewer times in training are dropped
+    answer_max_size: int | None = None  # keep at most this many most frequent answers
+    glove: str | None = None          # GloVe text file; learned embeddings when None
+    image_size: int = 64              # images are resized to image_size x image_size
+    cache_images: bool = True         # decode every image once and keep the pixels in memory
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "lrcn"                # a name from lrcn.models.registry
+    variant: str = "ed"               # stacking: ed (encoder-decoder) | st (pure) | cst (co-stacking)
+    layers: int = 6                   # L
+    lrm: str = "sa"                   # layer-residual placement: none | sa | ga | both
+    cst_question_lrm: bool = True     # (choice) layer-residual path in CSt's question guided block
+    d_model: int = 512                # D
+    heads: int = 8                    # h; head size is d_model // heads
+    ffn_dim: int = 2048               # FFN hidden size
+    dropout: float = 0.1
+    word_dim: int = 300               # word-embedding size (300 for GloVe)
+    pool_hidden: int = 512            # hidden size of the attention-pooling MLP
+    fused_dim: int = 1024             # width of the fused vector z
+    grid_reduction: str = "none"      # conv | avgpool | none: 16x16 -> 8x8 reduction of the grid
+    image_encoder: str = "small_cnn"  # small_cnn | features (precomputed) | a torchvision trunk name
+    encoder_channels: int = 64        # width of the small CNN's grid
+    encoder_weights: str | None = None  # state-dict file for a torchvision trunk
+    freeze_encoder: bool = True       # torchvision trunks only; the small CNN always trains
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 13
+    batch_size: int = 64
+    lr: float = 1e-4                  # base learning rate
+    warmup_epochs: int = 3            # lr = base * min(1, (epoch + 1) / (warmup_epochs + 1))
+    decay_epochs: list[int] = field(default_factory=lambda: [10, 12])
+    decay_rate: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    grad_clip: float | None = None    # max gradient norm; None disables clipping
+    seed: int = 0
+    device: str = "cpu"               # cpu | cuda
+    num_workers: int = 0              # DataLoader workers for on-demand image decoding
+    eval_batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+DEFAULT_PRESET = "easyvqa"
+
+
+def preset_names() -> list[str]:
+    files = resources.files("lrcn") / "presets"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(preset_or_file: str | None = None) -> RunConfig:
+    """Build a config from the defaults, then a preset name or YAML file on top."""
+    name = preset_or_file or DEFAULT_PRESET
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise LrcnError(f"config file not found: {path}")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        preset = resources.files("lrcn") / "presets" / f"{name}.yaml"
+        if not preset.is_file():
+            raise LrcnError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+        text, source = preset.read_text(encoding="utf-8"), f"preset {name}"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise LrcnError(f"{source}: not valid YAML: {exc}") from None
+    return config_from_dict(values, source)
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """Rebuild a RunConfig from nested dicts, rejecting unknown sections and keys."""
+    if not isinstance(values, dict):
+        raise LrcnError(f"{source}: expected a mapping with sections data/model/train")
+    cfg = RunConfig()
+    for section, entries in values.items():
+        if not hasattr(cfg, section):
+            raise LrcnError(f"{source}: unknown section {section!r} (expected data, model, train)")
+        if not isinstance(entries, dict):
+            raise LrcnError(f"{source}: section {section!r} must be a mapping")
+        apply_overrides(getattr(cfg, section), entries, f"{source}: {section}")
+    return cfg
+
+
+def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "config") -> None:
+    """Set dataclass fields from a dict, checking names and coercing to the field types."""
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise LrcnError(f"{where}: unknown key {key!r}; known keys: {', '.join(fields)}")
+        default = getattr(target, key)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not None and value is not None and not isinstance(value, type(default)):
+            raise LrcnError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        setattr(target, key, value)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (YAML- and JSON-safe) of a config."""
+    out = dataclasses.asdict(cfg)
+    out["train"]["betas"] = list(out["train"]["betas"])
+    return out
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,163 @@
+"""VQA accuracy exactly as the official evaluator computes it.
+
+Follows GT-Vision-Lab/VQA ``vqaEval.py`` (commit a013f00) rule for rule, including its
+quirks, because published numbers are only comparable when scored identically:
+
+* the period regex ``(?!<=\\d)(\\.)(?!\\d)`` is a look-*ahead* for the two characters
+  ``<=`` (not the look-behind it was meant to be), and the official call passes
+  ``re.UNICODE`` (= 32) as the *count* argument, so at most 32 periods are removed;
+* human answers and the prediction are normalised only when the ten human answers are not
+  all identical;
+* each human answer is left out in turn and the prediction scores
+  ``min(1, matches among the other nine / 3)``; the question's accuracy is the mean.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
+    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
+    "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
+    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
+    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've",
+    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}
+NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+ARTICLES = frozenset({"a", "an", "the"})
+PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
+               ">", "<", "@", "`", ",", "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_OFFICIAL_PERIOD_COUNT = re.UNICODE  # the official code passes this flag as `count`
+
+
+def process_punctuation(text: str) -> str:
+    """Remove or space out punctuation as the official ``processPunctuation``."""
+    out = text
+    has_digit_comma = _COMMA_STRIP.search(text) is not None
+    for p in PUNCTUATION:
+        if p + " " in text or " " + p in text or has_digit_comma:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out, count=_OFFICIAL_PERIOD_COUNT)
+
+
+def process_digit_article(text: str) -> str:
+    """Lower-case, map number words to digits, drop articles, fix contractions."""
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
+    return " ".join(words)
+
+
+def normalize_answer(text: str) -> str:
+    """The official full normalisation of one answer string."""
+    return process_digit_article(process_punctuation(text))
+
+
+def _clean_whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def prepare_human_answers(answers: Sequence[str]) -> tuple[list[str], bool]:
+    """Return the human answers as the evaluator compares them, and whether it normalises.
+
+    The official code normalises only when the answers are not all identical; the same
+    flag decides whether the prediction is normalised.
+    """
+    answers = [_clean_whitespace(a) for a in answers]
+    normalise = len(set(answers)) > 1
+    if normalise:
+        answers = [normalize_answer(a) for a in answers]
+    return answers, normalise
+
+
+def question_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Accuracy in [0, 1] of one predicted answer against the human answers.
+
+    The official code leaves out one answer *dict* at a time; with the distinct
+    ``answer_id`` of every published annotation that is leaving out one index at a time.
+    """
+    if not answers:
+        raise ValueError("a question needs at least one human answer to be scored")
+    human, normalise = prepare_human_answers(answers)
+    pred = _clean_whitespace(prediction)
+    if normalise:
+        pred = normalize_answer(pred)
+    matches = sum(1 for a in human if a == pred)
+    return _leave_one_out_accuracy(matches, human, pred)
+
+
+def _leave_one_out_accuracy(matches: int, human: Sequence[str], pred: str) -> float:
+    # Answers that equal the prediction see (matches - 1) others; the rest see `matches`.
+    total = 0.0
+    for a in human:
+        others = matches - 1 if a == pred else matches
+        total += min(1.0, others / 3.0)
+    return total / len(human)
+
+
+def soft_scores(answers: Sequence[str]) -> dict[str, float]:
+    """Training targets: for every answer a human gave, the accuracy of predicting it.
+
+    Keys are the answers as the evaluator compares them (normalised when it normalises),
+    so a target score is exactly the accuracy a prediction of that answer would earn:
+    0.3, 0.6, 0.9 and 1.0 for 1, 2, 3 and >=4 matches among ten.
+    """
+    if not answers:
+        return {}
+    human, _ = prepare_human_answers(answers)
+    counts = Counter(human)
+    return {a: _leave_one_out_accuracy(n, human, a) for a, n in counts.items()}
+
+
+def aggregate(per_question: dict, answer_types: dict) -> dict:
+    """Overall and per-answer-type accuracy in percent from per-question values in [0, 1].
+
+    Args:
+        per_question: question id -> accuracy in [0, 1].
+        answer_types: question id -> answer type (``yes/no``, ``number``, ``other``...).
+    """
+    if not per_question:
+        raise ValueError("no questions to aggregate")
+    by_type: dict[str, list[float]] = {}
+    for qid, acc in per_question.items():
+        by_type.setdefault(answer_types[qid], []).append(acc)
+    return {
+        "overall": 100.0 * sum(per_question.values()) / len(per_question),
+        "per_answer_type": {t: 100.0 * sum(v) / len(v) for t, v in sorted(by_type.items())},
+    }
