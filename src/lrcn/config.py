@@ -38,7 +38,7 @@ class ModelConfig:
     variant: str = "ed"               # stacking: ed (encoder-decoder) | st (pure) | cst (co-stacking)
     layers: int = 6                   # L
     lrm: str = "sa"                   # layer-residual placement: none | sa | ga | both
-    cst_question_lrm: bool = True     # (choice) layer-residual path in CSt's question guided block
+    cst_question_lrm: bool = True     # (choice) CSt question guided block's layer-residual path (off with lrm none)
     d_model: int = 512                # D
     heads: int = 8                    # h; head size is d_model // heads
     ffn_dim: int = 2048               # FFN hidden size
@@ -51,6 +51,7 @@ class ModelConfig:
     encoder_channels: int = 64        # width of the small CNN's grid
     encoder_weights: str | None = None  # state-dict file for a torchvision trunk
     freeze_encoder: bool = True       # torchvision trunks only; the small CNN always trains
+    feature_channels: int = 2048      # C of precomputed grids when image_encoder is features
 
 
 @dataclass

@@ -1,0 +1,26 @@
+"""Datasets as plain records, and the vocabularies that turn them into tensors."""
+
+from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets, training_answer
+from lrcn.data.easyvqa import read_easyvqa
+from lrcn.data.records import VQARecord, VQASplit
+from lrcn.data.registry import dataset_names, load_split, register_dataset
+from lrcn.data.text import WordVocab, load_glove, tokenize
+from lrcn.data.vqa2 import check_images, read_vqa2
+
+__all__ = [
+    "AnswerVocab",
+    "VQARecord",
+    "VQASplit",
+    "WordVocab",
+    "check_images",
+    "dataset_names",
+    "dense_targets",
+    "encode_targets",
+    "load_glove",
+    "load_split",
+    "read_easyvqa",
+    "read_vqa2",
+    "register_dataset",
+    "tokenize",
+    "training_answer",
+]

@@ -1,0 +1,211 @@
+"""The ``lrcn`` command: train, evaluate, predict, score.
+
+With ``--json`` the last line of stdout is one JSON object; everything else (logs, progress
+bars) goes to stderr. Errors print one message to stderr and exit non-zero, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lrcn.config import RunConfig, apply_overrides, load_config, preset_names
+from lrcn.errors import LrcnError
+
+log = logging.getLogger("lrcn")
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="dataset name: easyvqa (bundled) or vqa2")
+    p.add_argument("--data-root", help="dataset folder in its official layout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrcn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and evaluate it every epoch")
+    p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or YAML file")
+    _add_dataset_flags(p)
+    p.add_argument("--train-split", help="split to train on")
+    p.add_argument("--val-split", help="split to evaluate on after every epoch")
+    p.add_argument("--variant", choices=["ed", "st", "cst"], help="LRCN stacking")
+    p.add_argument("--layers", type=int, help="number of layers L")
+    p.add_argument("--lrm", choices=["none", "sa", "ga", "both"], help="layer-residual placement")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="base learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--glove", help="GloVe text file for the word embeddings")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set model.d_model=256 (repeatable)")
+    p.add_argument("--out", help="run folder (default: runs/<dataset>-<variant>-<time>)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a split and write a results file")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    _add_dataset_flags(p)
+    p.add_argument("--split", required=True, help="split to evaluate")
+    p.add_argument("--results", help="results file to write (default: <run>/results/<dataset>_<split>.json)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="answer a question about one image")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--question", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("score", help="score a results file against VQA-v2 annotations")
+    p.add_argument("--annotations", required=True, help="official annotations JSON")
+    p.add_argument("--results", required=True, help='results JSON: [{"question_id", "answer"}]')
+    p.add_argument("--questions", help="official questions JSON (checked against the annotations)")
+    p.add_argument("--per-question", help="write {question_id: accuracy} to this JSON file")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """Preset or file, then the explicit flags, then ``--set`` overrides."""
+    cfg = load_config(args.config)
+    flags = {
+        "data": {"dataset": args.dataset, "data_root": args.data_root,
+                 "train_split": args.train_split, "val_split": args.val_split, "glove": args.glove},
+        "model": {"variant": args.variant, "layers": args.layers, "lrm": args.lrm},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                  "seed": args.seed, "device": args.device},
+    }
+    for section, values in flags.items():
+        apply_overrides(getattr(cfg, section), {k: v for k, v in values.items() if v is not None},
+                        f"--{section} flags")
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not hasattr(cfg, section):
+            raise LrcnError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION in data, model, train")
+        apply_overrides(getattr(cfg, section), {name: yaml.safe_load(raw)}, f"--set {item}")
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.engine.trainer import train
+
+    cfg = train_config(args)
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"{cfg.data.dataset}-{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}")
+    log.info("run folder: %s", out)
+    return train(cfg, out)
+
+
+def _run_dir_of(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.data import load_split
+    from lrcn.data.batches import encode_split
+    from lrcn.engine.checkpoint import resolve_checkpoint
+    from lrcn.engine.evaluator import write_results
+    from lrcn.engine.inference import load_model, precompute_grids, predict_split, uses_frozen_encoder
+
+    ckpt_path = resolve_checkpoint(args.checkpoint)
+    loaded = load_model(ckpt_path, args.device)
+    d = loaded.checkpoint.config.data
+    dataset = args.dataset or d.dataset
+    root = args.data_root or (d.data_root if dataset == d.dataset else None)
+    split = load_split(dataset, root, args.split)
+    encoded = encode_split(split, loaded.word_vocab, loaded.answer_vocab, d.max_question_tokens,
+                           d.image_size, d.cache_images)
+    if uses_frozen_encoder(loaded.model):
+        encoded.features = precompute_grids(loaded.model, encoded.images, loaded.device)
+    evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,
+                              loaded.device)
+    results_path = Path(args.results) if args.results else (
+        _run_dir_of(ckpt_path) / "results" / f"{dataset}_{args.split}.json")
+    write_results(evaluator.results(), results_path)
+    log.info("wrote %d answers to %s", len(evaluator.predictions), results_path)
+    summary: dict[str, Any] = {"checkpoint": str(ckpt_path), "dataset": dataset,
+                               "split": args.split, "results": str(results_path)}
+    if split.has_answers:
+        summary.update(evaluator.evaluate())
+    else:
+        log.info("split %s has no answers: results written, no accuracy computed", args.split)
+    return summary
+
+
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.engine.inference import answer_question, load_model
+
+    if args.top_k < 1:
+        raise LrcnError("--top-k must be at least 1")
+    loaded = load_model(args.checkpoint, args.device)
+    answers = answer_question(loaded, Path(args.image), args.question, args.top_k)
+    return {"question": args.question, "image": args.image, "answers": answers}
+
+
+def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.evaluation.score import score_files, write_per_question
+
+    report = score_files(args.annotations, args.results, args.questions)
+    if args.per_question:
+        write_per_question(report, args.per_question)
+    return report.to_dict()
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "score": cmd_score}
+
+
+# --------------------------------------------------------------------------- output
+
+def print_human(command: str, summary: dict[str, Any]) -> None:
+    if command == "predict":
+        print(f"Q: {summary['question']}")
+        for a in summary["answers"]:
+            print(f"  {a['score']:7.2%}  {a['answer']}")
+        return
+    if "overall" in summary:
+        print(f"VQA accuracy: {summary['overall']:.2f}%")
+        for answer_type, acc in summary.get("per_answer_type", {}).items():
+            print(f"  {answer_type:<14}{acc:.2f}%")
+    for key in ("run_dir", "results"):
+        if key in summary:
+            print(f"{key.replace('_', ' ')}: {summary[key]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        summary = COMMANDS[args.command](args)
+    except LrcnError as exc:
+        print(f"lrcn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lrcn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_human(args.command, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Records -> tensors -> batches.
+
+A split is encoded once into flat tensors (token ids, image rows, sparse soft-score
+targets); a batch is then a handful of tensor gathers with no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets
+from lrcn.data.images import ImageTable
+from lrcn.data.records import VQARecord, VQASplit
+from lrcn.data.text import WordVocab
+from lrcn.errors import LrcnError
+
+
+@dataclass
+class EncodedSplit:
+    """A split as tensors. Row i of every tensor is record i."""
+
+    name: str
+    records: list[VQARecord]
+    tokens: torch.Tensor                 # (N, T) int64, pad 0
+    image_rows: torch.Tensor             # (N,) int64 row in `images`
+    images: ImageTable
+    target_index: torch.Tensor | None    # (N, 10) int64 answer ids, -1 = none; None without answers
+    target_score: torch.Tensor | None    # (N, 10) float soft scores
+    features: torch.Tensor | None = None  # (U, h, w, C) precomputed grids of a frozen encoder
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def encode_questions(split: VQASplit, vocab: WordVocab, max_len: int) -> torch.Tensor:
+    """(N, max_len) token ids; a question without words is an error naming its record."""
+    rows = []
+    for record in split.records:
+        try:
+            rows.append(vocab.encode(record.question, max_len))
+        except LrcnError as exc:
+            raise LrcnError(
+                f"split {split.name!r}, question {record.question_id!r} "
+                f"(image {record.image_key}): {exc}"
+            ) from None
+    return torch.tensor(rows, dtype=torch.long).view(len(rows), max_len)
+
+
+def encode_split(
+    split: VQASplit,
+    word_vocab: WordVocab,
+    answer_vocab: AnswerVocab,
+    max_len: int,
+    image_size: int,
+    cache_images: bool,
+) -> EncodedSplit:
+    """Encode questions, targets and the image table of one split."""
+    keys = sorted({r.image_key for r in split.records})
+    row_of = {key: i for i, key in enumerate(keys)}
+    images = ImageTable([split.image_path(k) for k in keys], image_size, cache_images)
+    target_index = target_score = None
+    if split.has_answers:
+        target_index, target_score = encode_targets(split.records, answer_vocab)
+    return EncodedSplit(
+        name=split.name,
+        records=split.records,
+        tokens=encode_questions(split, word_vocab, max_len),
+        image_rows=torch.tensor([row_of[r.image_key] for r in split.records], dtype=torch.long),
+        images=images,
+        target_index=target_index,
+        target_score=target_score,
+    )
+
+
+class BatchDataset(Dataset):
+    """Indexed by a list of record rows; returns the whole batch as a dict of tensors.
+
+    Keys: ``rows`` (B,), ``tokens`` (B, T), and either ``grid`` (B, h, w, C) when the split
+    holds precomputed features, or ``pixels`` (U, 3, S, S) uint8 for the U distinct images
+    of the batch with ``image_index`` (B,) into them; ``target`` (B, K) when answers exist.
+    """
+
+    def __init__(self, split: EncodedSplit, num_answers: int) -> None:
+        self.split = split
+        self.num_answers = num_answers
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        s = self.split
+        rows_t = torch.as_tensor(rows, dtype=torch.long)
+        image_rows = s.image_rows[rows_t]
+        batch = {"rows": rows_t, "tokens": s.tokens[rows_t]}
+        if s.features is not None:
+            batch["grid"] = s.features[image_rows]
+        else:
+            unique, inverse = torch.unique(image_rows, return_inverse=True)
+            batch["pixels"] = s.images.pixels(unique)
+            batch["image_index"] = inverse
+        if s.target_index is not None:
+            batch["target"] = dense_targets(
+                s.target_index[rows_t], s.target_score[rows_t], self.num_answers
+            )
+        return batch
+
+
+def batch_loader(
+    split: EncodedSplit,
+    num_answers: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader yielding whole batches; the order depends only on `seed`."""
+    if shuffle:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = RandomSampler(range(len(split)), generator=generator)
+    else:
+        sampler = SequentialSampler(range(len(split)))
+    return DataLoader(
+        BatchDataset(split, num_answers),
+        sampler=BatchSampler(sampler, batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+
+
+def iterate_images(images: ImageTable, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, uint8 pixels) chunks over every image of a table, in order."""
+    for start in range(0, len(images), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(images)))
+        yield rows, images.pixels(rows)

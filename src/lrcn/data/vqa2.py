@@ -1,0 +1,215 @@
+"""Reader for VQA-v2 exactly as published on visualqa.org, validated as it is read.
+
+Layout under the dataset root (the files as downloaded, no renaming):
+
+* ``v2_OpenEnded_mscoco_<split>_questions.json`` and, for ``train2014``/``val2014``,
+  ``v2_mscoco_<split>_annotations.json``, each looked for in ``<root>``, then
+  ``<root>/Questions``, ``<root>/questions``, ``<root>/Annotations``,
+  ``<root>/annotations`` (the first folder holding it wins);
+* COCO images ``<root>/<image_dir>/COCO_<image_dir>_<image_id:012d>.jpg`` where
+  ``image_dir`` is the split, except ``test-dev2015`` whose images are in ``test2015``.
+
+Images are not opened while reading (443k questions); ``check_images`` checks them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lrcn.data.records import VQARecord, VQASplit
+from lrcn.errors import LrcnError
+
+VQA2_SPLITS = ("train2014", "val2014", "test2015", "test-dev2015")
+SPLITS_WITHOUT_ANSWERS = frozenset({"test2015", "test-dev2015"})
+ANSWER_TYPES = frozenset({"yes/no", "number", "other"})
+JSON_DIRS = ("", "Questions", "questions", "Annotations", "annotations")
+NUM_ANSWERS = 10
+# Keys this reader uses (and so requires); other published keys are ignored.
+QUESTION_KEYS = {"question_id": int, "image_id": int, "question": str}
+ANNOTATION_KEYS = {
+    "question_id": int, "image_id": int, "answer_type": str,
+    "multiple_choice_answer": str, "answers": list,
+}
+
+
+def questions_filename(split: str) -> str:
+    return f"v2_OpenEnded_mscoco_{split}_questions.json"
+
+
+def annotations_filename(split: str) -> str:
+    return f"v2_mscoco_{split}_annotations.json"
+
+
+def image_dir(split: str) -> str:
+    """The COCO image folder of a split: the split itself, test2015 for test-dev2015."""
+    return "test2015" if split == "test-dev2015" else split
+
+
+def image_key(split: str, image_id: int) -> str:
+    folder = image_dir(split)
+    return f"{folder}/COCO_{folder}_{image_id:012d}.jpg"
+
+
+def read_vqa2(root: str | Path, split: str) -> VQASplit:
+    """Read one VQA-v2 split into records, checking the files as published.
+
+    Raises LrcnError naming the file and record for unreadable or truncated JSON, missing
+    keys, duplicate question ids, annotations without a question (or the reverse), records
+    with other than ten answers and answer types other than yes/no, number, other.
+    Test splits (``test2015``, ``test-dev2015``) have no annotations: answers are None.
+    """
+    root = Path(root)
+    if split not in VQA2_SPLITS:
+        raise LrcnError(f"VQA-v2 has no split {split!r}; known splits: {', '.join(VQA2_SPLITS)}")
+    if not root.is_dir():
+        raise LrcnError(f"VQA-v2 root folder not found: {root}")
+
+    q_path = _find_json(root, questions_filename(split))
+    questions = _read_questions(q_path)
+    annotations = None
+    if split not in SPLITS_WITHOUT_ANSWERS:
+        a_path = _find_json(root, annotations_filename(split))
+        annotations = _read_annotations(a_path)
+        _check_pairing(questions, annotations, q_path, a_path)
+
+    records = []
+    for qid, q in questions.items():
+        a = annotations[qid] if annotations is not None else None
+        records.append(
+            VQARecord(
+                question_id=qid,
+                image_key=image_key(split, q["image_id"]),
+                question=q["question"],
+                answers=tuple(x["answer"] for x in a["answers"]) if a else None,
+                answer_type=a["answer_type"] if a else None,
+                multiple_choice_answer=a["multiple_choice_answer"] if a else None,
+            )
+        )
+    return VQASplit(name=split, records=records, image_root=root)
+
+
+def check_images(split: VQASplit, show: int = 5) -> None:
+    """Raise LrcnError when image files of a split are missing, naming the first few.
+
+    Lists each image folder once instead of probing every file, so a 443k-question split
+    is checked in seconds.
+    """
+    listings: dict[Path, set[str]] = {}
+    missing: dict[str, Any] = {}  # image_key -> first question id using it
+    for record in split.records:
+        if record.image_key in missing:
+            continue
+        path = split.image_path(record.image_key)
+        folder = path.parent
+        if folder not in listings:
+            try:
+                listings[folder] = set(os.listdir(folder))
+            except OSError:
+                listings[folder] = set()
+        if path.name not in listings[folder]:
+            missing[record.image_key] = record.question_id
+    if missing:
+        first = [f"{split.image_path(k)} (question_id {q!r})" for k, q in list(missing.items())[:show]]
+        raise LrcnError(
+            f"split {split.name}: {len(missing)} image file(s) missing under {split.image_root}, "
+            f"first: {'; '.join(first)}"
+        )
+
+
+def _find_json(root: Path, filename: str) -> Path:
+    for sub in JSON_DIRS:
+        path = root / sub / filename
+        if path.is_file():
+            return path
+    places = ", ".join(str(root / sub) for sub in JSON_DIRS)
+    raise LrcnError(f"{filename} not found; looked in {places}")
+
+
+def _load_json(path: Path, list_key: str) -> list[Any]:
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise LrcnError(f"{path}: not valid JSON (truncated?): {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LrcnError(f"{path}: cannot be read: {exc}") from None
+    if not isinstance(data, dict) or list_key not in data:
+        raise LrcnError(f"{path}: expected a JSON object with key {list_key!r}")
+    if not isinstance(data[list_key], list):
+        raise LrcnError(f"{path}: {list_key!r} must be a list")
+    return data[list_key]
+
+
+def _check_entry(entry: Any, keys: dict[str, type], path: Path, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise LrcnError(f"{path}: {where} is not a JSON object")
+    for key, kind in keys.items():
+        if key not in entry:
+            raise LrcnError(f"{path}: {where} has no {key!r}")
+        value = entry[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise LrcnError(
+                f"{path}: {where}: {key!r} must be {kind.__name__}, got {value!r}"
+            )
+
+
+def _describe(entry: Any, i: int, what: str) -> str:
+    qid = entry.get("question_id") if isinstance(entry, dict) else None
+    return f"{what} #{i}" + (f" (question_id {qid!r})" if qid is not None else "")
+
+
+def _read_questions(path: Path) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for i, q in enumerate(_load_json(path, "questions")):
+        where = _describe(q, i, "question")
+        _check_entry(q, QUESTION_KEYS, path, where)
+        if q["question_id"] in out:
+            raise LrcnError(f"{path}: {where}: duplicate question_id")
+        out[q["question_id"]] = q
+    return out
+
+
+def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for i, a in enumerate(_load_json(path, "annotations")):
+        where = _describe(a, i, "annotation")
+        _check_entry(a, ANNOTATION_KEYS, path, where)
+        if a["question_id"] in out:
+            raise LrcnError(f"{path}: {where}: duplicate question_id")
+        if len(a["answers"]) != NUM_ANSWERS:
+            raise LrcnError(
+                f"{path}: {where}: {len(a['answers'])} answers, expected {NUM_ANSWERS}"
+            )
+        for j, ans in enumerate(a["answers"]):
+            _check_entry(ans, {"answer": str}, path, f"{where}, answer #{j}")
+        if a["answer_type"] not in ANSWER_TYPES:
+            raise LrcnError(
+                f"{path}: {where}: answer_type {a['answer_type']!r} is not one of "
+                f"{', '.join(sorted(ANSWER_TYPES))}"
+            )
+        out[a["question_id"]] = a
+    return out
+
+
+def _check_pairing(
+    questions: dict[int, dict[str, Any]],
+    annotations: dict[int, dict[str, Any]],
+    q_path: Path,
+    a_path: Path,
+) -> None:
+    """Every question has one annotation and vice versa, about the same image."""
+    for qid in annotations:
+        if qid not in questions:
+            raise LrcnError(f"{a_path}: annotation for question_id {qid} has no question in {q_path}")
+    for qid, q in questions.items():
+        a = annotations.get(qid)
+        if a is None:
+            raise LrcnError(f"{q_path}: question_id {qid} has no annotation in {a_path}")
+        if a["image_id"] != q["image_id"]:
+            raise LrcnError(
+                f"{a_path}: annotation for question_id {qid} is about image {a['image_id']}, "
+                f"but its question in {q_path} is about image {q['image_id']}"
+            )

@@ -1,0 +1,129 @@
+"""Running a model over encoded splits or single images, and rebuilding it from a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lrcn.data.answers import AnswerVocab
+from lrcn.data.batches import EncodedSplit, batch_loader, iterate_images
+from lrcn.data.images import ImageTable, normalize
+from lrcn.data.text import WordVocab
+from lrcn.engine.checkpoint import Checkpoint, load_checkpoint
+from lrcn.engine.evaluator import VQAEvaluator
+from lrcn.errors import LrcnError
+from lrcn.models import VQAModel, create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LrcnError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise LrcnError(f"unknown device {name!r}; use cpu or cuda")
+    return torch.device(name)
+
+
+def model_inputs(model: VQAModel, batch: dict[str, torch.Tensor], device: torch.device) -> dict:
+    """The keyword arguments of ``model(...)`` for a batch from `BatchDataset`."""
+    inputs = {"tokens": batch["tokens"].to(device, non_blocking=True)}
+    if "grid" in batch:
+        inputs["grid"] = batch["grid"].to(device, non_blocking=True)
+    else:
+        inputs["images"] = normalize(batch["pixels"].to(device, non_blocking=True))
+        inputs["image_index"] = batch["image_index"].to(device, non_blocking=True)
+    return inputs
+
+
+@torch.no_grad()
+def precompute_grids(model: VQAModel, images: ImageTable, device: torch.device,
+                     batch_size: int = 64) -> torch.Tensor:
+    """Run a frozen image encoder once per image: (U, h, w, C) on the CPU."""
+    model.eval()
+    chunks = []
+    for _, pixels in tqdm(iterate_images(images, batch_size), desc="encoding images",
+                          total=(len(images) + batch_size - 1) // batch_size, disable=None):
+        chunks.append(model.encode_images(normalize(pixels.to(device))).cpu())
+    return torch.cat(chunks)
+
+
+def uses_frozen_encoder(model: VQAModel) -> bool:
+    return model.encoder is not None and not model.encoder.trainable
+
+
+@torch.no_grad()
+def predict_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVocab,
+                  batch_size: int, device: torch.device, desc: str = "evaluating") -> VQAEvaluator:
+    """Top-1 answer for every record of a split, collected in an evaluator."""
+    model.eval()
+    evaluator = VQAEvaluator(split.records)
+    loader = batch_loader(split, len(answer_vocab), batch_size, shuffle=False)
+    for batch in tqdm(loader, desc=desc, disable=None, leave=False):
+        logits = model(**model_inputs(model, batch, device))
+        best = logits.argmax(dim=1).tolist()
+        evaluator.process(batch["rows"].tolist(), [answer_vocab.answer(i) for i in best])
+    return evaluator
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with everything needed to feed it."""
+
+    checkpoint: Checkpoint
+    model: VQAModel
+    device: torch.device
+
+    @property
+    def word_vocab(self) -> WordVocab:
+        return self.checkpoint.word_vocab
+
+    @property
+    def answer_vocab(self) -> AnswerVocab:
+        return self.checkpoint.answer_vocab
+
+
+def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the exact model of a checkpoint (a file or a run folder)."""
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path)
+    model = create_model(ckpt.config.model, len(ckpt.word_vocab), len(ckpt.answer_vocab),
+                         random_weights=True)  # every weight comes from the checkpoint below
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError as exc:
+        raise LrcnError(
+            f"checkpoint {path} does not match the model its config describes: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    model.to(dev).eval()
+    return LoadedModel(ckpt, model, dev)
+
+
+@torch.no_grad()
+def answer_question(loaded: LoadedModel, image_path: Path, question: str,
+                    top_k: int = 5) -> list[dict[str, float | str]]:
+    """Top-k answers with their probabilities (sigmoid of the logits) for one image."""
+    from lrcn.data.images import load_image, resize_transform
+
+    cfg = loaded.checkpoint.config
+    try:
+        ids = loaded.word_vocab.encode(question, cfg.data.max_question_tokens)
+    except LrcnError as exc:
+        raise LrcnError(f"question {question!r}: {exc}") from None
+    if cfg.model.image_encoder == "features":
+        raise LrcnError("this checkpoint reads precomputed features; it cannot answer from an image file")
+    pixels = resize_transform(cfg.data.image_size)(load_image(image_path)).unsqueeze(0)
+    tokens = torch.tensor([ids], dtype=torch.long, device=loaded.device)
+    logits = loaded.model(tokens=tokens, images=normalize(pixels.to(loaded.device)))
+    probs = torch.sigmoid(logits[0])
+    k = max(1, min(top_k, probs.numel()))
+    scores, index = probs.topk(k)
+    return [{"answer": loaded.answer_vocab.answer(i), "score": float(s)}
+            for s, i in zip(scores.tolist(), index.tolist())]
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,167 @@
+"""The training loop: plain, readable, seeded, with the paper's optimiser and schedule."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lrcn.config import RunConfig, save_config
+from lrcn.data import AnswerVocab, WordVocab, load_glove, load_split
+from lrcn.data.batches import EncodedSplit, batch_loader, encode_split
+from lrcn.data.records import VQASplit
+from lrcn.engine.checkpoint import Checkpoint, atomic_write, save_checkpoint
+from lrcn.engine.curves import plot_curves
+from lrcn.engine.inference import (model_inputs, precompute_grids, predict_split,
+                                   resolve_device, trainable_parameters, uses_frozen_encoder)
+from lrcn.engine.schedule import lr_factor
+from lrcn.errors import LrcnError
+from lrcn.models import VQAModel, create_model
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunData:
+    """Everything built from the data before training starts."""
+
+    train: EncodedSplit
+    val: EncodedSplit
+    word_vocab: WordVocab
+    answer_vocab: AnswerVocab
+    word_vectors: torch.Tensor | None
+
+
+def prepare_data(cfg: RunConfig) -> RunData:
+    """Read both splits, build the vocabularies from the training split, encode."""
+    d = cfg.data
+    train_split = load_split(d.dataset, d.data_root, d.train_split)
+    val_split = load_split(d.dataset, d.data_root, d.val_split)
+    if not train_split.has_answers:
+        raise LrcnError(f"training split {d.train_split!r} has no answers")
+    word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
+    answer_vocab = AnswerVocab.build(train_split.records, d.answer_min_count, d.answer_max_size)
+    if len(answer_vocab) == 0:
+        raise LrcnError(f"no answer of split {d.train_split!r} occurs at least "
+                        f"{d.answer_min_count} times; lower answer_min_count")
+    word_vectors = None
+    if d.glove:
+        word_vectors, coverage = load_glove(d.glove, word_vocab)
+        log.info("GloVe %s covers %.1f%% of %d words", d.glove, 100 * coverage, len(word_vocab) - 2)
+    log.info("%s: %d questions, %s: %d questions; %d words, %d answers",
+             train_split.name, len(train_split.records), val_split.name,
+             len(val_split.records), len(word_vocab), len(answer_vocab))
+    return RunData(
+        train=_encode(train_split, word_vocab, answer_vocab, cfg),
+        val=_encode(val_split, word_vocab, answer_vocab, cfg),
+        word_vocab=word_vocab,
+        answer_vocab=answer_vocab,
+        word_vectors=word_vectors,
+    )
+
+
+def _encode(split: VQASplit, word_vocab: WordVocab, answer_vocab: AnswerVocab,
+            cfg: RunConfig) -> EncodedSplit:
+    d = cfg.data
+    return encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
+                        d.image_size, d.cache_images)
+
+
+def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim.Optimizer,
+                    cfg: RunConfig, epoch: int, device: torch.device, num_answers: int) -> float:
+    """One pass over the shuffled training split; returns the mean loss per question."""
+    t = cfg.train
+    model.train()
+    loader = batch_loader(split, num_answers, t.batch_size, shuffle=True,
+                          seed=t.seed * 1000 + epoch, num_workers=t.num_workers)
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=None, leave=False)
+    for batch in bar:
+        logits = model(**model_inputs(model, batch, device))
+        target = batch["target"].to(device, non_blocking=True)
+        # BCE on logits with sum reduction, as the paper (and MCAN/TRAR) train.
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        total += loss.item()
+        count += target.shape[0]
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(count, 1)
+
+
+def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """Train, evaluate every epoch, keep best and last checkpoints; return the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    data = prepare_data(cfg)
+    num_answers = len(data.answer_vocab)
+    model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
+    log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
+             cfg.model.variant, model.net.num_parameters() / 1e6)
+    if uses_frozen_encoder(model):
+        data.train.features = precompute_grids(model, data.train.images, device)
+        data.val.features = precompute_grids(model, data.val.images, device)
+
+    t = cfg.train
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=t.lr, betas=t.betas, eps=t.eps,
+                                 weight_decay=t.weight_decay)
+    ckpt_dir = out_dir / "checkpoints"
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    for epoch in range(t.epochs):
+        lr = t.lr * lr_factor(epoch, t.warmup_epochs, t.decay_epochs, t.decay_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        train_loss = train_one_epoch(model, data.train, optimizer, cfg, epoch, device, num_answers)
+        train_time = time.perf_counter() - start
+        evaluator = predict_split(model, data.val, data.answer_vocab, t.eval_batch_size, device)
+        val = evaluator.evaluate() if data.val.target_index is not None else {}
+        entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                 "train_seconds": round(train_time, 2),
+                 "eval_seconds": round(time.perf_counter() - start - train_time, 2), "val": val}
+        history.append(entry)
+        _append_jsonl(metrics_path, entry)
+        log.info("epoch %d/%d: loss %.4f, val accuracy %s (%.0f s)", epoch + 1, t.epochs,
+                 train_loss, f"{val['overall']:.2f}%" if val else "n/a", train_time)
+        is_best = bool(val) and (best is None or val["overall"] > best["val"]["overall"])
+        ckpt = Checkpoint(cfg, data.word_vocab, data.answer_vocab, model.state_dict(), epoch, entry)
+        if is_best or not val:
+            best = entry
+            save_checkpoint(ckpt_dir / "best.pt", ckpt)
+        ckpt.optimizer_state = optimizer.state_dict()
+        save_checkpoint(ckpt_dir / "last.pt", ckpt)
+        plot_curves(history, out_dir / "curves.png")
+
+    summary = {"run_dir": str(out_dir), "epochs": t.epochs, "best_epoch": best["epoch"] + 1,
+               "train_loss": history[-1]["train_loss"]}
+    summary.update(best["val"])
+    return summary
+
+
+def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
+    """Append one line, rewriting the file atomically so it is never seen half-written."""
+    old = path.read_bytes() if path.exists() else b""
+    atomic_write(path, lambda f: f.write(old + (json.dumps(entry) + "\n").encode("utf-8")))

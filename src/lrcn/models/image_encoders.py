@@ -1,0 +1,184 @@
+"""Grid image encoders: normalised images (B, 3, H, W) -> grid features (B, h, w, C).
+
+``SmallCNN`` is trained end to end from pixels (small synthetic datasets such as easy-VQA);
+``TorchvisionTrunk`` is the C5 trunk of a torchvision ResNet/ResNeXt loaded from a state-dict
+file the user has on disk. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lrcn.config import ModelConfig
+from lrcn.errors import LrcnError
+
+TRUNK_NAMES = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
+_TRUNK_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+class GridEncoder(nn.Module):
+    """Base class: maps normalised images (B, 3, H, W) to a grid (B, h, w, out_channels).
+
+    Attributes:
+        out_channels: C, the channel count of the grid.
+        trainable: whether the encoder's parameters are trained with the model.
+    """
+
+    out_channels: int
+    trainable: bool
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise LrcnError(f"images must be (batch, 3, H, W), got shape {tuple(images.shape)}")
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(GridEncoder):
+    """A small CNN trained from pixels: 64x64 -> 8x8 grid of ``channels`` features.
+
+    The first convolution runs at full resolution so shapes of a few pixels survive, then three
+    2x2 max-pools halve the grid to 8x8 and a last convolution widens the receptive field there.
+    About 14 M multiply-adds per 64x64 image at channels=64. The final adaptive average pool
+    gives an 8x8 grid for any input size.
+    """
+
+    def __init__(self, channels: int = 64) -> None:
+        super().__init__()
+        if channels < 1:
+            raise LrcnError(f"model.encoder_channels must be positive, got {channels}")
+        c1, c2 = max(8, channels // 4), max(8, channels // 2)
+        self.features = nn.Sequential(
+            _conv_bn_relu(3, c1), nn.MaxPool2d(2),         # 64x64 -> 32x32
+            _conv_bn_relu(c1, c2), nn.MaxPool2d(2),        # 32x32 -> 16x16
+            _conv_bn_relu(c2, channels), nn.MaxPool2d(2),  # 16x16 -> 8x8
+            _conv_bn_relu(channels, channels),
+            nn.AdaptiveAvgPool2d(8),
+        )
+        self.out_channels = channels
+        self.trainable = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_images(images)
+        return self.features(images).permute(0, 2, 3, 1)  # (B, C, 8, 8) -> (B, 8, 8, C)
+
+
+class TorchvisionTrunk(GridEncoder):
+    """The C5 trunk of a torchvision ResNet/ResNeXt (up to layer4): images -> (B, h, w, 2048).
+
+    Args:
+        name: one of ``TRUNK_NAMES``.
+        weights_path: a state-dict file (a full classification state dict is fine; ``fc.*``
+            is ignored), read with ``torch.load(weights_only=True)``.
+        freeze: keep the weights fixed and the BatchNorm statistics in eval mode, even when a
+            parent module calls ``.train()``; a frozen trunk also runs without autograd.
+        random_weights: allow building without a weights file (tests only: random features).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        weights_path: str | Path | None = None,
+        freeze: bool = True,
+        random_weights: bool = False,
+    ) -> None:
+        super().__init__()
+        if name not in TRUNK_NAMES:
+            raise LrcnError(f"unknown image trunk {name!r}; known trunks: {', '.join(TRUNK_NAMES)}")
+        if weights_path is None and not random_weights:
+            raise LrcnError(
+                f"image encoder {name} needs a weights file (model.encoder_weights): a "
+                "torchvision state dict saved with torch.save(model.state_dict(), path)"
+            )
+        state = _read_state_dict(Path(weights_path)) if weights_path is not None else None
+
+        import torchvision  # heavy; only needed for trunks
+
+        net = getattr(torchvision.models, name)(weights=None)  # weights=None: never downloads
+        self.body = nn.Sequential(OrderedDict((part, getattr(net, part)) for part in _TRUNK_PARTS))
+        self.name = name
+        if state is not None:
+            self._load(state, Path(weights_path))
+        self.out_channels = 2048
+        self.trainable = not freeze
+        if freeze:
+            self.requires_grad_(False)
+            self.eval()
+
+    def _load(self, state: Mapping[str, torch.Tensor], path: Path) -> None:
+        """Load trunk weights, ignoring the classifier; fail with the first offending keys."""
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+            state = {k[len("module."):]: v for k, v in state.items()}
+        expected = set(self.body.state_dict())
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing trunk keys {_first_keys(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys {_first_keys(unexpected)}")
+            raise LrcnError(f"{path}: not a torchvision {self.name} state dict: {'; '.join(parts)}")
+        try:
+            self.body.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # shape mismatch: another architecture's weights
+            raise LrcnError(f"{path}: weights do not fit the trunk: {str(exc)[:300]}") from None
+
+    def train(self, mode: bool = True) -> TorchvisionTrunk:
+        """Frozen trunks stay in eval mode whatever the parent asks."""
+        return super().train(mode and self.trainable)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_images(images)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return self.body(images).permute(0, 2, 3, 1)  # (B, 2048, h, w) -> (B, h, w, 2048)
+
+
+def _first_keys(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """Read a state dict from ``path`` without running pickled code; LrcnError if it is not one."""
+    if not path.is_file():
+        raise LrcnError(f"encoder weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise LrcnError(
+            f"{path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise LrcnError(
+            f"{path}: expected a state dict (a mapping of names to tensors), "
+            f"got {type(state).__name__}"
+        )
+    return state
+
+
+def build_image_encoder(cfg: ModelConfig, random_weights: bool = False) -> GridEncoder | None:
+    """The encoder named by ``cfg.image_encoder``; None for ``features`` (precomputed grids)."""
+    name = cfg.image_encoder
+    if name == "small_cnn":
+        return SmallCNN(cfg.encoder_channels)
+    if name == "features":
+        return None
+    if name in TRUNK_NAMES:
+        return TorchvisionTrunk(name, cfg.encoder_weights, cfg.freeze_encoder, random_weights)
+    known = ", ".join(("small_cnn", "features") + TRUNK_NAMES)
+    raise LrcnError(f"unknown model.image_encoder {name!r}; known encoders: {known}")

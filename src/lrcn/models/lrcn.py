@@ -1,0 +1,354 @@
+"""LRCN: Layer-residual Co-Attention Networks (Han et al., ESWA 2025) on MCAN's blocks.
+
+Reads top to bottom: the question self-attention block, the image self+guided layer with the
+layer-residual mechanism (LRM), co-stacking's question guided block, then the model: question
+encoder, image input path, one of the three stackings (ed | st | cst), attention pooling on
+both streams and the fusion head. All blocks are Post-LN as in MCAN. See shared/spec/LRCN.md.
+
+Padding: questions are right-padded with id 0. The LSTM runs over the pads, but since it reads
+left to right the valid positions never see them, and every attention and pooling step masks
+the pad positions (and masked image regions) as keys, so neither can change the output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrcn.config import ModelConfig
+from lrcn.errors import LrcnError
+from lrcn.models.layers import AttentionPool, FeedForward, MultiHeadAttention
+
+VARIANTS = ("ed", "st", "cst")
+LRM_PLACEMENTS = ("none", "sa", "ga", "both")
+GRID_REDUCTIONS = ("none", "conv", "avgpool")
+
+
+class QuestionSA(nn.Module):
+    """Question self-attention block (MCAN's SA).
+
+        a  = LN(y + MHA(y, y, y))
+        y' = LN(a + FFN(a))
+    """
+
+    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor, y_mask: torch.Tensor | None) -> torch.Tensor:
+        y = self.norm1(y + self.dropout(self.self_attn(y, key_mask=y_mask)))
+        return self.norm2(y + self.dropout(self.ffn(y)))
+
+
+class ImageSGA(nn.Module):
+    """Image self+guided attention layer (MCAN's SGA) with the layer-residual mechanism.
+
+        s_l = LN(x_{l-1} + MHA(x_{l-1}, x_{l-1}, x_{l-1}) + [LRM in SA] * s_{l-1})
+        g_l = LN(s_l + MHA(s_l, y, y) + [LRM in GA] * g_{l-1})
+        x_l = LN(g_l + FFN(g_l))
+
+    s_{l-1} and g_{l-1} are the previous layer's attention sub-layer outputs (after their LN,
+    before the FFN), with s_0 = g_0 = x_0. The skip adds no parameters, so every placement
+    (none | sa | ga | both) has the same state dict.
+    """
+
+    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: str) -> None:
+        super().__init__()
+        self.lrm_sa = lrm in ("sa", "both")
+        self.lrm_ga = lrm in ("ga", "both")
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_mask: torch.Tensor | None,
+        y_mask: torch.Tensor | None,
+        prev_s: torch.Tensor,
+        prev_g: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns x_l, s_l, g_l; s_l and g_l are the next layer's prev_s and prev_g."""
+        s = x + self.dropout(self.self_attn(x, key_mask=x_mask))
+        if self.lrm_sa:
+            s = s + prev_s
+        s = self.norm1(s)
+        g = s + self.dropout(self.guided_attn(s, y, key_mask=y_mask))
+        if self.lrm_ga:
+            g = g + prev_g
+        g = self.norm2(g)
+        x = self.norm3(g + self.dropout(self.ffn(g)))
+        return x, s, g
+
+
+class QuestionGA(nn.Module):
+    """Co-stacking's question guided block: the question attends to the image of layer l-1.
+
+        q_l = LN(y + MHA(y, x_{l-1}, x_{l-1}) + [cst_question_lrm] * q_{l-1}),   q_0 = Y
+        y'  = LN(q_l + FFN(q_l))
+
+    (choice) The paper states only that the question attends to the image with its own
+    layer-residual path (PrevReY(0) = Y, the LSTM output). The FFN sub-layer, dropout and
+    Post-LN here mirror the other blocks; they are this implementation's reading.
+    """
+
+    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: bool) -> None:
+        super().__init__()
+        self.lrm = lrm
+        self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        x_mask: torch.Tensor | None,
+        prev_q: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns y' and q_l; q_l is the next layer's prev_q."""
+        q = y + self.dropout(self.guided_attn(y, x, key_mask=x_mask))
+        if self.lrm:
+            q = q + prev_q
+        q = self.norm1(q)
+        return self.norm2(q + self.dropout(self.ffn(q))), q
+
+
+@dataclass
+class LRCNOutput:
+    """What ``forward_features`` returns: the fused vector and both pooling weights."""
+
+    fused: torch.Tensor             # (B, fused_dim) z = LayerNorm(X W_x + Y W_y), input of the head
+    image_weights: torch.Tensor     # (B, N) attention-pooling weights over image regions
+    question_weights: torch.Tensor  # (B, T) attention-pooling weights over question tokens
+
+
+class LRCN(nn.Module):
+    """The LRCN family: question encoder, image input path, co-attention stacking, fusion head.
+
+    Args:
+        cfg: the model configuration (variant, layers, lrm, sizes, grid reduction).
+        vocab_size: number of question tokens, id 0 being the pad.
+        num_answers: K, the width of the answer logits.
+        grid_channels: C, the channel count of the image grid the model reads.
+        word_vectors: optional (vocab_size, word_dim) matrix (GloVe) that initialises the
+            word embedding; the embedding is learned from scratch when None.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        num_answers: int,
+        grid_channels: int,
+        word_vectors: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        _check_config(cfg)
+        self.variant = cfg.variant
+        self.grid_channels = grid_channels
+        D = cfg.d_model
+
+        # question encoder: word embedding -> one-layer LSTM, Y in R^{T x D}
+        self.embed = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=0)
+        if word_vectors is not None:
+            if tuple(word_vectors.shape) != (vocab_size, cfg.word_dim):
+                raise LrcnError(
+                    f"word vectors have shape {tuple(word_vectors.shape)}, expected "
+                    f"(vocab_size={vocab_size}, word_dim={cfg.word_dim})"
+                )
+            with torch.no_grad():
+                self.embed.weight.copy_(word_vectors)
+        self.lstm = nn.LSTM(cfg.word_dim, D, num_layers=1, batch_first=True)
+
+        # image input path: optional 2x2 stride-2 grid reduction, then Linear C -> D
+        if cfg.grid_reduction == "conv":
+            self.reduce: nn.Module | None = nn.Conv2d(grid_channels, grid_channels, 2, stride=2)
+        elif cfg.grid_reduction == "avgpool":
+            self.reduce = nn.AvgPool2d(2)
+        else:
+            self.reduce = None
+        self.image_proj = nn.Linear(grid_channels, D)
+
+        # co-attention stacking: L question SA blocks, L image SGA layers (+ L question GA for cst)
+        L = cfg.layers
+        self.question_blocks = nn.ModuleList(
+            QuestionSA(D, cfg.heads, cfg.ffn_dim, cfg.dropout) for _ in range(L)
+        )
+        if cfg.variant == "cst":
+            self.question_guided = nn.ModuleList(
+                QuestionGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout,
+                           cfg.cst_question_lrm and cfg.lrm != "none")
+                for _ in range(L)
+            )
+        self.image_layers = nn.ModuleList(
+            ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm) for _ in range(L)
+        )
+
+        # head: attention pooling on each stream, z = LN(X W_x + Y W_y), logits = z W_z
+        self.image_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout)
+        self.question_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout)
+        self.fuse_image = nn.Linear(D, cfg.fused_dim)
+        self.fuse_question = nn.Linear(D, cfg.fused_dim)
+        self.fuse_norm = nn.LayerNorm(cfg.fused_dim)
+        self.head = nn.Linear(cfg.fused_dim, num_answers)
+
+    def encode_question(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, T), pad 0, right-padded -> Y (B, T, D) and its mask (B, T)."""
+        if tokens.dim() != 2:
+            raise LrcnError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
+        y, _ = self.lstm(self.embed(tokens))  # (B, T, D)
+        return y, tokens != 0
+
+    def encode_grid(
+        self, grid: torch.Tensor, grid_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Grid (B, H, W, C) or (B, N, C) -> X (B, N', D) and its mask (B, N') or None.
+
+        With a reduction, H and W are zero-padded to even sizes and halved; masked input cells
+        are zeroed first, and a reduced cell is valid if any of its input cells is valid.
+        """
+        if grid.dim() not in (3, 4) or grid.shape[-1] != self.grid_channels:
+            raise LrcnError(
+                f"grid must be (batch, H, W, {self.grid_channels}) or (batch, N, "
+                f"{self.grid_channels}), got shape {tuple(grid.shape)}"
+            )
+        B = grid.shape[0]
+        spatial = tuple(grid.shape[1:-1])  # (H, W) or (N,)
+        if grid_mask is not None:
+            cells = math.prod(spatial)
+            if grid_mask.shape[0] != B or math.prod(grid_mask.shape[1:]) != cells:
+                raise LrcnError(
+                    f"grid_mask has shape {tuple(grid_mask.shape)}, expected ({B}, "
+                    f"{', '.join(map(str, spatial))}) or ({B}, {cells})"
+                )
+            grid_mask = grid_mask.reshape(B, *spatial).bool()  # (B, H, W) or (B, N)
+
+        if self.reduce is not None:
+            if grid.dim() != 4:
+                raise LrcnError(
+                    "grid_reduction conv/avgpool needs a spatial grid (batch, H, W, C), got "
+                    f"shape {tuple(grid.shape)}; use grid_reduction: none for region lists"
+                )
+            H, W = spatial
+            if grid_mask is not None:
+                grid = grid * grid_mask.unsqueeze(-1).to(grid.dtype)  # masked cells -> 0
+            pad = (0, W % 2, 0, H % 2)  # zero-pad right and bottom to even sizes
+            g = F.pad(grid.permute(0, 3, 1, 2), pad)  # (B, C, H', W')
+            grid = self.reduce(g).permute(0, 2, 3, 1)  # (B, H'/2, W'/2, C)
+            if grid_mask is not None:
+                m = F.pad(grid_mask.unsqueeze(1).to(g.dtype), pad)  # (B, 1, H', W')
+                grid_mask = F.max_pool2d(m, 2).squeeze(1) > 0  # (B, H'/2, W'/2)
+
+        grid = grid.reshape(B, -1, grid.shape[-1])  # (B, N, C)
+        if grid_mask is not None:
+            grid_mask = grid_mask.reshape(B, -1)  # (B, N)
+        return self.image_proj(grid), grid_mask
+
+    def co_attend(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_mask: torch.Tensor | None,
+        y_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y."""
+        s = g = x  # s_0 = g_0 = x_0 (PrevRe(0) = X)
+        if self.variant == "ed":
+            # encoder-decoder: all question blocks, then every image layer guided by the final y
+            for q_block in self.question_blocks:
+                y = q_block(y, y_mask)
+            for layer in self.image_layers:
+                x, s, g = layer(x, y, x_mask, y_mask, s, g)
+        elif self.variant == "st":
+            # pure stacking: question block l, then image layer l guided by the question of layer l
+            for q_block, layer in zip(self.question_blocks, self.image_layers):
+                y = q_block(y, y_mask)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g)
+        else:
+            # co-stacking: question block l, the question attends to the image of layer l-1,
+            # then image layer l guided by the updated question
+            q = y  # PrevReY(0) = Y
+            for q_block, q_guided, layer in zip(
+                self.question_blocks, self.question_guided, self.image_layers
+            ):
+                y = q_block(y, y_mask)
+                y, q = q_guided(y, x, x_mask, q)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g)
+        return x, y
+
+    def forward_features(
+        self,
+        tokens: torch.Tensor,
+        grid: torch.Tensor,
+        grid_mask: torch.Tensor | None = None,
+    ) -> LRCNOutput:
+        """Questions (B, T) and grids (B, H, W, C) or (B, N, C) -> fused vector and pooling weights.
+
+        Args:
+            tokens: token ids, right-padded with 0.
+            grid: image grid features; ``conv``/``avgpool`` reduction needs (B, H, W, C).
+            grid_mask: (B, N) or (B, H, W), True = valid region, at the input resolution;
+                None means all regions are valid.
+        """
+        y, y_mask = self.encode_question(tokens)
+        x, x_mask = self.encode_grid(grid, grid_mask)
+        x, y = self.co_attend(x, y, x_mask, y_mask)
+        x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
+        y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)
+        fused = self.fuse_norm(self.fuse_image(x_pooled) + self.fuse_question(y_pooled))
+        return LRCNOutput(fused=fused, image_weights=x_weights, question_weights=y_weights)
+
+    def forward_head(self, fused: torch.Tensor) -> torch.Tensor:
+        """Fused vectors (B, fused_dim) -> answer logits (B, K); no sigmoid, no ReLU."""
+        return self.head(fused)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        grid: torch.Tensor,
+        grid_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Answer logits (B, K) for questions (B, T) about grids (B, H, W, C) or (B, N, C)."""
+        return self.forward_head(self.forward_features(tokens, grid, grid_mask).fused)
+
+    def num_parameters(self, exclude_embeddings: bool = True) -> int:
+        """Parameter count; the paper reports it without the word embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+
+def _check_config(cfg: ModelConfig) -> None:
+    """Reject configuration values the model cannot be built from, naming the field."""
+    choices = {"variant": VARIANTS, "lrm": LRM_PLACEMENTS, "grid_reduction": GRID_REDUCTIONS}
+    for name, known in choices.items():
+        if getattr(cfg, name) not in known:
+            raise LrcnError(
+                f"model.{name} = {getattr(cfg, name)!r} is not one of {', '.join(known)}"
+            )
+    for name in ("layers", "d_model", "heads", "ffn_dim", "word_dim", "pool_hidden", "fused_dim"):
+        if getattr(cfg, name) < 1:
+            raise LrcnError(f"model.{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    if cfg.d_model % cfg.heads != 0:
+        raise LrcnError(
+            f"model.d_model = {cfg.d_model} must be divisible by model.heads = {cfg.heads}"
+        )
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise LrcnError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
