@@ -23,6 +23,8 @@ class DataConfig:
     data_root: str | None = None      # dataset folder; easy-VQA needs none (bundled package)
     train_split: str = "train"
     val_split: str = "test"
+    train_limit: int | None = None    # use only the first N training questions (quick runs, tests)
+    val_limit: int | None = None      # use only the first N validation questions
     max_question_tokens: int = 14     # m in the paper: questions are truncated/padded to this
     min_word_count: int = 1           # words seen fewer times in training questions -> <unk>
     answer_min_count: int = 1         # answers seen fewer times in training are dropped
@@ -70,6 +72,7 @@ class TrainConfig:
     device: str = "cpu"               # cpu | cuda
     num_workers: int = 0              # DataLoader workers for on-demand image decoding
     eval_batch_size: int = 256
+    group_by_image: bool = False      # batch the questions of an image together (encoder runs once)
 
 
 @dataclass

@@ -109,6 +109,20 @@ class BatchDataset(Dataset):
         return batch
 
 
+def grouped_order(image_rows: torch.Tensor, generator: torch.Generator) -> list[int]:
+    """A random order of records in which the questions of an image are adjacent.
+
+    Images come in random order and their questions in random order within each image, so
+    a batch holds the questions of a few images and a trained encoder runs once per image
+    and batch instead of once per question.
+    """
+    num_images = int(image_rows.max()) + 1 if len(image_rows) else 0
+    image_rank = torch.randperm(num_images, generator=generator)
+    key = image_rank[image_rows].double() + torch.rand(len(image_rows), generator=generator,
+                                                       dtype=torch.double) * 0.5
+    return torch.argsort(key).tolist()
+
+
 def batch_loader(
     split: EncodedSplit,
     num_answers: int,
@@ -116,11 +130,15 @@ def batch_loader(
     shuffle: bool,
     seed: int = 0,
     num_workers: int = 0,
+    group_by_image: bool = False,
 ) -> DataLoader:
     """A DataLoader yielding whole batches; the order depends only on `seed`."""
     if shuffle:
         generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(range(len(split)), generator=generator)
+        if group_by_image:
+            sampler = grouped_order(split.image_rows, generator)
+        else:
+            sampler = RandomSampler(range(len(split)), generator=generator)
     else:
         sampler = SequentialSampler(range(len(split)))
     return DataLoader(

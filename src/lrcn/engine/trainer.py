@@ -52,6 +52,8 @@ def prepare_data(cfg: RunConfig) -> RunData:
     d = cfg.data
     train_split = load_split(d.dataset, d.data_root, d.train_split)
     val_split = load_split(d.dataset, d.data_root, d.val_split)
+    train_split.records = train_split.records[: d.train_limit]
+    val_split.records = val_split.records[: d.val_limit]
     if not train_split.has_answers:
         raise LrcnError(f"training split {d.train_split!r} has no answers")
     word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
@@ -88,7 +90,8 @@ def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim
     t = cfg.train
     model.train()
     loader = batch_loader(split, num_answers, t.batch_size, shuffle=True,
-                          seed=t.seed * 1000 + epoch, num_workers=t.num_workers)
+                          seed=t.seed * 1000 + epoch, num_workers=t.num_workers,
+                          group_by_image=t.group_by_image)
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=None, leave=False)
     for batch in bar:
