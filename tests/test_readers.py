@@ -268,6 +268,7 @@ def test_registry_errors() -> None:
 
 def test_register_a_new_dataset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
+    monkeypatch.setattr(registry, "_DEFAULT_SPLITS", dict(registry._DEFAULT_SPLITS))
 
     @register_dataset("tiny")
     def read_tiny(root: str | None, split: str) -> VQASplit:
@@ -275,3 +276,4 @@ def test_register_a_new_dataset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
     assert "tiny" in dataset_names()
     assert load_split("tiny", tmp_path, "train").image_root == tmp_path
+    assert registry.default_splits("tiny") == ("train", "val")

@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config(args: argparse.Namespace) -> RunConfig:
     """Preset or file, then the explicit flags, then ``--set`` overrides."""
+    from lrcn.data import default_splits
+
     cfg = load_config(args.config)
+    if args.dataset and args.dataset != cfg.data.dataset:
+        # Another dataset than the preset's: start from that dataset's usual splits.
+        cfg.data.train_split, cfg.data.val_split = default_splits(args.dataset)
     flags = {
         "data": {"dataset": args.dataset, "data_root": args.data_root,
                  "train_split": args.train_split, "val_split": args.val_split, "glove": args.glove},
@@ -123,6 +128,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.engine.evaluator import write_results
     from lrcn.engine.inference import load_model, precompute_grids, predict_split, uses_frozen_encoder
 
+    if args.batch_size < 1:
+        raise LrcnError("--batch-size must be at least 1")
     ckpt_path = resolve_checkpoint(args.checkpoint)
     loaded = load_model(ckpt_path, args.device)
     d = loaded.checkpoint.config.data

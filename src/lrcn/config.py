@@ -7,6 +7,8 @@ checkpoint, so the exact model and data pipeline can be rebuilt from the file al
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -124,19 +126,41 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfi
     return cfg
 
 
+def _field_kinds(cls: type) -> dict[str, tuple[type, ...]]:
+    """Field name -> the runtime types its annotation allows (``int | None`` -> int, NoneType)."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        members = typing.get_args(hint) if is_union else (hint,)
+        kinds[name] = tuple(typing.get_origin(m) or m for m in members)
+    return kinds
+
+
 def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "config") -> None:
-    """Set dataclass fields from a dict, checking names and coercing to the field types."""
+    """Set dataclass fields from a dict, checking names and coercing to the field types.
+
+    A value must have a type the field's annotation allows: null only for optional fields,
+    true/false only for bool fields; an int is accepted for a float field, a list for a tuple
+    field, and a string such as ``1e-4`` (which YAML reads as a string) for a float field.
+    """
     fields = {f.name: f for f in dataclasses.fields(target)}
+    kinds = _field_kinds(type(target))
     for key, value in overrides.items():
         if key not in fields:
             raise LrcnError(f"{where}: unknown key {key!r}; known keys: {', '.join(fields)}")
-        default = getattr(target, key)
-        if isinstance(default, tuple) and isinstance(value, list):
+        allowed = kinds[key]
+        if tuple in allowed and isinstance(value, list):
             value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        elif float in allowed and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif default is not None and value is not None and not isinstance(value, type(default)):
-            raise LrcnError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        elif float in allowed and str not in allowed and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass  # rejected below, naming the value
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise LrcnError(f"{where}: {key} must be {expected}, got {value!r}")
         setattr(target, key, value)
 
 

@@ -3,7 +3,7 @@
 from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets, training_answer
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.records import VQARecord, VQASplit
-from lrcn.data.registry import dataset_names, load_split, register_dataset
+from lrcn.data.registry import dataset_names, default_splits, load_split, register_dataset
 from lrcn.data.text import WordVocab, load_glove, tokenize
 from lrcn.data.vqa2 import check_images, read_vqa2
 
@@ -14,6 +14,7 @@ __all__ = [
     "WordVocab",
     "check_images",
     "dataset_names",
+    "default_splits",
     "dense_targets",
     "encode_targets",
     "load_glove",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,15 +90,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     """Read a checkpoint safely; a run folder resolves to its best checkpoint."""
     path = resolve_checkpoint(path)
+    if not zipfile.is_zipfile(path):
+        raise LrcnError(f"{path} is not a PyTorch checkpoint file (truncated, or another format)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
         raise LrcnError(
-            f"refusing to load {path}: it needs unpickling arbitrary objects, "
-            f"which could run code ({str(exc).splitlines()[0]})"
+            f"refusing to load {path}: it needs unpickling arbitrary objects{what}, "
+            "which could run code"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise LrcnError(f"cannot read checkpoint {path}: {exc}") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LrcnError(
+            f"cannot read checkpoint {path} (truncated or not a checkpoint?): {detail}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise LrcnError(f"{path} is not an lrcn checkpoint")
     if payload.get("version") != VERSION:

@@ -112,6 +112,9 @@ def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim
 
 def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Train, evaluate every epoch, keep best and last checkpoints; return the summary."""
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(cfg.train, name) < 1:
+            raise LrcnError(f"train.{name} must be at least 1, got {getattr(cfg.train, name)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     seed_everything(cfg.train.seed)

@@ -1,0 +1,149 @@
+"""Shared fixtures: a tiny VQA-v2 dataset in the official layout, and tiny-model settings.
+
+The layout follows the published files exactly (the same schema ``test_readers.py`` writes):
+``v2_OpenEnded_mscoco_<split>_questions.json`` / ``v2_mscoco_<split>_annotations.json`` in
+``Questions/`` and ``Annotations/``, and COCO images ``<split>/COCO_<split>_<id:012d>.jpg``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+# The models of the tests are tiny: a second thread buys nothing and, on a busy machine,
+# oversubscribed cores make every step many times slower.
+torch.set_num_threads(1)
+
+INFO = {
+    "description": "This is v2.0 of the VQA dataset.", "url": "http://visualqa.org",
+    "version": "2.0", "year": 2017, "contributor": "VQA Team",
+    "date_created": "2017-04-26 17:07:13",
+}
+LICENSE = {
+    "url": "http://creativecommons.org/licenses/by/4.0/",
+    "name": "Creative Commons Attribution 4.0 International License",
+}
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+          "yellow": (230, 220, 30)}
+# image id -> (colour name, number of squares drawn)
+TRAIN_IMAGES = {1: ("red", 1), 2: ("green", 2), 3: ("blue", 3), 4: ("yellow", 1),
+                5: ("red", 2), 6: ("blue", 1)}
+VAL_IMAGES = {11: ("green", 1), 12: ("red", 3), 13: ("yellow", 2)}
+TEST_IMAGES = {21: ("blue", 2), 22: ("green", 3)}
+
+# Tiny-model overrides: every CLI training run of the tests takes a second or two.
+TINY_SET = [
+    "model.d_model=16", "model.heads=2", "model.ffn_dim=32", "model.layers=1",
+    "model.word_dim=16", "model.pool_hidden=16", "model.fused_dim=32",
+    "model.encoder_channels=16", "data.image_size=32",
+]
+
+
+def tiny_set_args() -> list[str]:
+    """``--set`` flags for the tiny model."""
+    return [arg for item in TINY_SET for arg in ("--set", item)]
+
+
+def _samples(images: dict[int, tuple[str, int]], first_qid: int) -> list[tuple]:
+    """(question_id, image_id, question, answer_type, ten answers) for every image."""
+    out = []
+    qid = first_qid
+    for image_id, (color, count) in sorted(images.items()):
+        other = next(c for c in COLORS if c != color)
+        out.append((qid, image_id, "What color is the square?", "other",
+                    [color] * 8 + [color.capitalize(), other]))
+        out.append((qid + 1, image_id, "How many squares are there?", "number",
+                    [str(count)] * 7 + ["two" if count == 2 else str(count + 1)] * 3))
+        out.append((qid + 2, image_id, f"Is the square {color}?", "yes/no", ["yes"] * 10))
+        out.append((qid + 3, image_id, f"Is the square {other}?", "yes/no",
+                    ["no"] * 9 + ["yes"]))
+        qid += 10
+    return out
+
+
+def questions_json(split: str, samples: list) -> dict[str, Any]:
+    return {
+        "info": INFO, "task_type": "Open-Ended", "data_type": "mscoco",
+        "license": LICENSE, "data_subtype": split,
+        "questions": [{"image_id": i, "question": q, "question_id": qid}
+                      for qid, i, q, _, _ in samples],
+    }
+
+
+def annotations_json(split: str, samples: list) -> dict[str, Any]:
+    anns = []
+    for qid, image_id, question, answer_type, answers in samples:
+        anns.append({
+            "question_type": " ".join(question.lower().split()[:2]),
+            "multiple_choice_answer": answers[0],
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                        for j, a in enumerate(answers)],
+            "image_id": image_id, "answer_type": answer_type, "question_id": qid,
+        })
+    return {"info": INFO, "license": LICENSE, "data_subtype": split,
+            "annotations": anns, "data_type": "mscoco"}
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def write_images(root: Path, folder: str, images: dict[int, tuple[str, int]]) -> None:
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for image_id, (color, count) in images.items():
+        image = Image.new("RGB", (40, 30), (128, 128, 128))
+        for k in range(count):
+            image.paste(COLORS[color], (2 + 12 * k, 10, 10 + 12 * k, 18))
+        image.save(root / folder / f"COCO_{folder}_{image_id:012d}.jpg", "JPEG")
+
+
+@dataclass(frozen=True)
+class VQA2Layout:
+    root: Path
+    train_samples: list
+    val_samples: list
+    test_samples: list
+
+    @property
+    def val_annotations(self) -> Path:
+        return self.root / "Annotations" / "v2_mscoco_val2014_annotations.json"
+
+    @property
+    def val_question_ids(self) -> list[int]:
+        return [s[0] for s in self.val_samples]
+
+    @property
+    def test_question_ids(self) -> list[int]:
+        return [s[0] for s in self.test_samples]
+
+
+def make_vqa2_layout(root: Path) -> VQA2Layout:
+    """train2014 (24 questions, 6 images), val2014 (12, 3), test2015 (8, 2, no annotations)."""
+    train, val, test = _samples(TRAIN_IMAGES, 100), _samples(VAL_IMAGES, 500), \
+        _samples(TEST_IMAGES, 900)
+    for split, samples, images in (("train2014", train, TRAIN_IMAGES),
+                                   ("val2014", val, VAL_IMAGES)):
+        write_json(root / "Questions" / f"v2_OpenEnded_mscoco_{split}_questions.json",
+                   questions_json(split, samples))
+        write_json(root / "Annotations" / f"v2_mscoco_{split}_annotations.json",
+                   annotations_json(split, samples))
+        write_images(root, split, images)
+    write_json(root / "Questions" / "v2_OpenEnded_mscoco_test2015_questions.json",
+               questions_json("test2015", test))
+    write_images(root, "test2015", TEST_IMAGES)
+    return VQA2Layout(root, train, val, test)
+
+
+@pytest.fixture(scope="session")
+def vqa2_layout(tmp_path_factory: pytest.TempPathFactory) -> VQA2Layout:
+    """One tiny VQA-v2 layout shared (read-only) by the whole session."""
+    return make_vqa2_layout(tmp_path_factory.mktemp("vqa2"))

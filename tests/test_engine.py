@@ -1,0 +1,419 @@
+"""Engine: lr schedule, run config, checkpoints, the evaluator, seeded training."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_SET, VQA2Layout
+from lrcn.cli import build_parser, train_config
+from lrcn.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    preset_names,
+    save_config,
+)
+from lrcn.data.answers import AnswerVocab
+from lrcn.data.records import VQARecord
+from lrcn.data.text import WordVocab
+from lrcn.engine.checkpoint import (
+    FORMAT,
+    VERSION,
+    Checkpoint,
+    atomic_write,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from lrcn.engine.evaluator import VQAEvaluator, write_results
+from lrcn.engine.inference import load_model
+from lrcn.engine.schedule import lr_factor
+from lrcn.engine.trainer import train
+from lrcn.errors import LrcnError
+from lrcn.evaluation.score import read_results
+from lrcn.models import create_model
+
+VQA_EVAL = Path(__file__).parent / "data" / "vqa_eval"
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_paper_schedule_warmup_then_step_decay() -> None:
+    t = TrainConfig()  # the paper's settings are the defaults
+    assert (t.warmup_epochs, t.decay_epochs, t.decay_rate, t.epochs) == (3, [10, 12], 0.2, 13)
+    factors = [lr_factor(e, t.warmup_epochs, t.decay_epochs, t.decay_rate) for e in range(14)]
+    expected = [1 / 4, 2 / 4, 3 / 4] + [1.0] * 7 + [0.2, 0.2, 0.04, 0.04]
+    assert factors == pytest.approx(expected, rel=1e-12)
+
+
+def test_schedule_without_warmup_or_decay() -> None:
+    assert [lr_factor(e, 0, [], 0.2) for e in range(3)] == [1.0, 1.0, 1.0]
+    assert lr_factor(0, 1, [1], 0.5) == 0.5 and lr_factor(1, 1, [1], 0.5) == 0.5
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_presets_load() -> None:
+    assert "easyvqa" in preset_names()
+    for name in preset_names():
+        assert isinstance(load_config(name), RunConfig)
+    cfg = load_config("easyvqa")
+    assert load_config(None) == cfg  # the default preset
+    assert cfg.data.dataset == "easyvqa" and cfg.model.d_model == 128 and cfg.train.epochs == 8
+    assert cfg.train.decay_epochs == [6, 7] and cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_unknown_preset_lists_known_ones() -> None:
+    with pytest.raises(LrcnError, match=r"unknown preset 'nope'; known presets: .*easyvqa"):
+        load_config("nope")
+
+
+def test_unknown_section_and_key_are_rejected() -> None:
+    with pytest.raises(LrcnError, match=r"unknown section 'optim' \(expected data, model, train\)"):
+        config_from_dict({"optim": {"lr": 1}})
+    with pytest.raises(LrcnError, match=r"unknown key 'd_modle'; known keys: .*\bd_model\b"):
+        config_from_dict({"model": {"d_modle": 32}})
+    with pytest.raises(LrcnError, match="must be a mapping"):
+        config_from_dict({"model": [1, 2]})
+
+
+def _cli_config(*argv: str) -> RunConfig:
+    return train_config(build_parser().parse_args(["train", *argv]))
+
+
+def test_set_overrides() -> None:
+    cfg = _cli_config("--set", "model.d_model=32", "--set", "train.lr=1e-4",
+                      "--set", "train.grad_clip=1", "--set", "data.train_limit=20",
+                      "--set", "train.betas=[0.8, 0.9]", "--set", "data.cache_images=false")
+    assert cfg.model.d_model == 32 and type(cfg.model.d_model) is int
+    assert cfg.train.lr == pytest.approx(1e-4) and type(cfg.train.lr) is float
+    assert cfg.train.grad_clip == 1.0 and type(cfg.train.grad_clip) is float
+    assert cfg.data.train_limit == 20 and cfg.data.cache_images is False
+    assert cfg.train.betas == (0.8, 0.9)
+    assert _cli_config("--set", "data.train_limit=null").data.train_limit is None
+
+
+def test_flags_then_set_precedence() -> None:
+    cfg = _cli_config("--epochs", "3", "--variant", "cst", "--lr", "0.5", "--set", "train.epochs=4")
+    assert cfg.train.epochs == 4 and cfg.model.variant == "cst" and cfg.train.lr == 0.5
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("model.d_model=abc", r"d_model must be int, got 'abc'"),
+    ("model.d_model=true", r"d_model must be int, got True"),
+    ("model.d_model=null", r"d_model must be int, got None"),
+    ("model.d_model=1.5", r"d_model must be int, got 1.5"),
+    ("model.dropout=yes", r"dropout must be float, got True"),
+    ("data.train_limit=abc", r"train_limit must be int or null, got 'abc'"),
+    ("train.lr=fast", r"lr must be float, got 'fast'"),
+    ("data.cache_images=1", r"cache_images must be bool, got 1"),
+    ("model.nope=1", r"unknown key 'nope'; known keys: .*d_model"),
+    ("optim.lr=1", r"expected SECTION.KEY=VALUE"),
+    ("model.d_model", r"expected SECTION.KEY=VALUE"),
+])
+def test_set_rejects_bad_values(item: str, message: str) -> None:
+    with pytest.raises(LrcnError, match=message):
+        _cli_config("--set", item)
+
+
+def test_yaml_file_config(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  d_model: 32\n  variant: st\ntrain:\n  lr: 0.01\n  betas: [0.9, 0.99]\n",
+                    encoding="utf-8")
+    cfg = load_config(str(path))
+    assert cfg.model.d_model == 32 and cfg.model.variant == "st"
+    assert cfg.train.lr == 0.01 and cfg.train.betas == (0.9, 0.99)
+    # A file starts from the defaults, not from a preset.
+    assert cfg.data == DataConfig() and cfg.model.heads == ModelConfig().heads
+
+    for text, message in [("model: [\n", "not valid YAML"), ("- 1\n", "expected a mapping"),
+                          ("train:\n  epochs: many\n", "epochs must be int")]:
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(LrcnError, match=message) as info:
+            load_config(str(path))
+        assert str(path) in str(info.value)
+    with pytest.raises(LrcnError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_save_config_round_trip(tmp_path: Path) -> None:
+    cfg = config_from_dict({"model": {"d_model": 48, "variant": "cst"},
+                            "train": {"betas": [0.5, 0.6], "grad_clip": 2.0},
+                            "data": {"data_root": "/x", "train_limit": 7}})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["betas"] == [0.5, 0.6]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _tiny_model_config() -> ModelConfig:
+    return _cli_config(*[arg for item in TINY_SET for arg in ("--set", item)]).model
+
+
+def _checkpoint(epoch: int = 3) -> Checkpoint:
+    cfg = RunConfig(model=_tiny_model_config())
+    words = WordVocab(["what", "color", "is", "the", "shape"])
+    answers = AnswerVocab(["red", "blue", "yes", "no"])
+    torch.manual_seed(0)
+    model = create_model(cfg.model, len(words), len(answers))
+    return Checkpoint(cfg, words, answers, model.state_dict(), epoch,
+                      {"epoch": epoch, "val": {"overall": 12.5}})
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    ckpt = _checkpoint()
+    ckpt.optimizer_state = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, ckpt)
+    assert sorted(os.listdir(path.parent)) == ["last.pt"]  # no temporary file left behind
+    back = load_checkpoint(path)
+    assert back.config == ckpt.config
+    assert back.word_vocab == ckpt.word_vocab and back.answer_vocab == ckpt.answer_vocab
+    assert back.epoch == 3 and back.metrics == ckpt.metrics
+    assert back.optimizer_state == ckpt.optimizer_state
+    assert back.model_state.keys() == ckpt.model_state.keys()
+    for name, tensor in ckpt.model_state.items():
+        assert torch.equal(back.model_state[name], tensor), name
+
+    # The model rebuilt from the file alone has exactly the saved weights.
+    loaded = load_model(tmp_path)  # a run folder resolves to its checkpoint
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, ckpt.model_state[name]), name
+    assert not loaded.model.training
+
+
+def test_resolve_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(LrcnError, match="no checkpoints/best.pt or checkpoints/last.pt"):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(LrcnError, match="checkpoint not found"):
+        resolve_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.pt"
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(str(tmp_path)) == tmp_path / "checkpoints" / "best.pt"
+    assert resolve_checkpoint(tmp_path / "checkpoints" / "last.pt").name == "last.pt"
+
+
+UNPICKLED: list[str] = []
+
+
+def _would_run(tag: str) -> str:
+    UNPICKLED.append(tag)
+    return tag
+
+
+class Payload:
+    """An arbitrary object: unpickling it calls a function (here harmless, could be os.system)."""
+
+    def __reduce__(self):
+        return (_would_run, ("ran",))
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path) -> None:
+    ckpt = _checkpoint()
+    path = tmp_path / "evil.pt"
+    payload = {"format": FORMAT, "version": VERSION, "config": config_to_dict(ckpt.config),
+               "word_vocab": ckpt.word_vocab.to_dict(),
+               "answer_vocab": ckpt.answer_vocab.to_dict(),
+               "model": ckpt.model_state, "epoch": 0, "metrics": {"x": Payload()}}
+    torch.save(payload, path)
+    UNPICKLED.clear()
+    with pytest.raises(LrcnError, match="refusing to load") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert UNPICKLED == []  # nothing ran
+    with pytest.raises(LrcnError, match="refusing to load"):
+        load_model(path)
+
+
+def test_truncated_or_foreign_checkpoint(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, _checkpoint())
+    data = good.read_bytes()
+    for name, content in [("half.pt", data[: len(data) // 2]), ("head.pt", data[:100]),
+                          ("empty.pt", b"")]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(LrcnError, match="cannot read checkpoint") as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message
+        assert not message.rstrip().endswith(":")  # says what is wrong, even for an empty file
+
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(LrcnError, match="is not an lrcn checkpoint"):
+        load_checkpoint(other)
+    payload = torch.load(good, weights_only=True)
+    torch.save({**payload, "version": 99}, other)
+    with pytest.raises(LrcnError, match="checkpoint version 99 is not supported"):
+        load_checkpoint(other)
+    del payload["answer_vocab"]
+    torch.save(payload, other)
+    with pytest.raises(LrcnError, match="checkpoint lacks 'answer_vocab'"):
+        load_checkpoint(other)
+
+
+def test_checkpoint_not_matching_its_config(tmp_path: Path) -> None:
+    ckpt = _checkpoint()
+    ckpt.config.model.d_model = 32  # the weights are for d_model 16
+    save_checkpoint(tmp_path / "x.pt", ckpt)
+    with pytest.raises(LrcnError, match="does not match the model its config describes"):
+        load_model(tmp_path / "x.pt")
+
+
+def test_atomic_write(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "file.bin"
+    atomic_write(path, lambda f: f.write(b"old"))
+    assert path.read_bytes() == b"old" and os.listdir(path.parent) == ["file.bin"]
+
+    def failing(f) -> None:
+        f.write(b"half of the new cont")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(path.parent) == ["file.bin"]  # the temporary file is gone
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert path.read_bytes() == b"old" and os.listdir(path.parent) == ["file.bin"]
+
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and os.listdir(path.parent) == ["file.bin"]
+
+
+# --------------------------------------------------------------------------- evaluator
+
+
+def _records_of(annotations: Path, questions: Path | None = None) -> list[VQARecord]:
+    anns = json.loads(annotations.read_text(encoding="utf-8"))["annotations"]
+    return [VQARecord(question_id=a["question_id"], image_key=f"{a['image_id']}.jpg",
+                      question="q?", answers=tuple(x["answer"] for x in a["answers"]),
+                      answer_type=a["answer_type"]) for a in anns]
+
+
+def test_evaluator_reproduces_official_numbers() -> None:
+    records = _records_of(VQA_EVAL / "annotations.json")
+    predicted = read_results(VQA_EVAL / "results.json")
+    expected = json.loads((VQA_EVAL / "expected.json").read_text(encoding="utf-8"))
+    evaluator = VQAEvaluator(records)
+    rows = list(range(len(records)))
+    # Two batches, processed out of order.
+    half = len(rows) // 2
+    for chunk in (rows[half:], rows[:half]):
+        evaluator.process(chunk, [predicted[records[r].question_id] for r in chunk])
+    report = evaluator.evaluate()
+    assert report["num_questions"] == len(records) == 400
+    assert report["overall"] == pytest.approx(expected["overall"], abs=1e-6)
+    assert report["per_answer_type"].keys() == expected["perAnswerType"].keys()
+    for answer_type, value in expected["perAnswerType"].items():
+        assert report["per_answer_type"][answer_type] == pytest.approx(value, abs=1e-6)
+
+    evaluator.reset()
+    assert evaluator.predictions == {} and evaluator.results() == []
+
+
+def test_evaluator_results_format(tmp_path: Path) -> None:
+    records = [VQARecord(question_id=q, image_key="a.jpg", question="what?",
+                         answers=("red",) * 10, answer_type="other") for q in (30, 10, 20)]
+    evaluator = VQAEvaluator(records)
+    evaluator.process([2, 0], ["blue", "red"])
+    evaluator.process([1], ["red"])
+    results = evaluator.results()
+    assert results == [{"question_id": 30, "answer": "red"}, {"question_id": 10, "answer": "red"},
+                       {"question_id": 20, "answer": "blue"}]  # record order
+    report = evaluator.evaluate()
+    assert report == {"overall": pytest.approx(200 / 3), "per_answer_type": {
+        "other": pytest.approx(200 / 3)}, "num_questions": 3}
+
+    path = tmp_path / "out" / "results.json"
+    write_results(results, path)
+    assert json.loads(path.read_text(encoding="utf-8")) == results
+    assert read_results(path) == {30: "red", 10: "red", 20: "blue"}  # what `score` reads
+    assert os.listdir(path.parent) == ["results.json"]
+
+
+def test_evaluator_without_answers() -> None:
+    evaluator = VQAEvaluator([VQARecord(question_id=1, image_key="a.jpg", question="what?")])
+    evaluator.process([0], ["red"])
+    assert evaluator.results() == [{"question_id": 1, "answer": "red"}]
+    with pytest.raises(LrcnError, match="cannot score a split without answers"):
+        evaluator.evaluate()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _tiny_run_config(layout: VQA2Layout, seed: int, epochs: int = 2) -> RunConfig:
+    return _cli_config(
+        "--dataset", "vqa2", "--data-root", str(layout.root), "--train-split", "train2014",
+        "--val-split", "val2014", "--epochs", str(epochs), "--batch-size", "8",
+        "--seed", str(seed), "--set", "model.dropout=0.1",
+        *[arg for item in TINY_SET for arg in ("--set", item)])
+
+
+def _losses(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / name).model_state
+
+
+def test_training_is_reproducible(vqa2_layout: VQA2Layout, tmp_path: Path) -> None:
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        runs[name] = tmp_path / name
+        summary = train(_tiny_run_config(vqa2_layout, seed), runs[name])
+        assert summary["run_dir"] == str(runs[name]) and summary["epochs"] == 2
+
+    a, b, c = (_losses(runs[n]) for n in "abc")
+    assert [m["epoch"] for m in a] == [0, 1]
+    assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
+    assert [m["val"] for m in a] == [m["val"] for m in b]
+    wa, wb, wc = (_weights(runs[n]) for n in "abc")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    assert [m["train_loss"] for m in a] != [m["train_loss"] for m in c]
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+    # The learning rate follows the schedule (the default preset warms up for one epoch).
+    cfg = load_config(str(runs["a"] / "config.yaml"))
+    assert cfg == _tiny_run_config(vqa2_layout, 3)
+    factors = [lr_factor(e, cfg.train.warmup_epochs, cfg.train.decay_epochs,
+                         cfg.train.decay_rate) for e in range(2)]
+    assert [m["lr"] for m in a] == pytest.approx([cfg.train.lr * f for f in factors])
+
+    last = load_checkpoint(runs["a"] / "checkpoints" / "last.pt")
+    best = load_checkpoint(runs["a"] / "checkpoints" / "best.pt")
+    assert last.epoch == 1 and last.optimizer_state is not None
+    assert best.optimizer_state is None and best.metrics == a[best.epoch]
+
+
+@pytest.mark.parametrize("item", ["train.epochs=0", "train.batch_size=0"])
+def test_training_rejects_empty_runs(vqa2_layout: VQA2Layout, tmp_path: Path, item: str) -> None:
+    cfg = _tiny_run_config(vqa2_layout, 0)
+    key, _, value = item.partition("=")
+    setattr(cfg.train, key.split(".")[1], int(value))
+    with pytest.raises(LrcnError, match=f"{key} must be at least 1"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
