@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,10 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild the exact model of a checkpoint (a file or a run folder)."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(path)
-    model = create_model(ckpt.config.model, len(ckpt.word_vocab), len(ckpt.answer_vocab),
-                         random_weights=True)  # every weight comes from the checkpoint below
+    # Every weight, a pretrained trunk's included, comes from the checkpoint below.
+    model_cfg = dataclasses.replace(ckpt.config.model, encoder_weights=None)
+    model = create_model(model_cfg, len(ckpt.word_vocab), len(ckpt.answer_vocab),
+                         random_weights=True)
     try:
         model.load_state_dict(ckpt.model_state)
     except RuntimeError as exc:

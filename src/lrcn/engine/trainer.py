@@ -64,6 +64,9 @@ def prepare_data(cfg: RunConfig) -> RunData:
     word_vectors = None
     if d.glove:
         word_vectors, coverage = load_glove(d.glove, word_vocab)
+        if word_vectors.shape[1] != cfg.model.word_dim:
+            log.info("word_dim set to %d, the size of the GloVe vectors", word_vectors.shape[1])
+            cfg.model.word_dim = word_vectors.shape[1]
         log.info("GloVe %s covers %.1f%% of %d words", d.glove, 100 * coverage, len(word_vocab) - 2)
     log.info("%s: %d questions, %s: %d questions; %d words, %d answers",
              train_split.name, len(train_split.records), val_split.name,
@@ -115,13 +118,14 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(cfg.train, name) < 1:
             raise LrcnError(f"train.{name} must be at least 1, got {getattr(cfg.train, name)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg)
     num_answers = len(data.answer_vocab)
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
+    # The run folder is made only once the data and model are known to be good.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
              cfg.model.variant, model.net.num_parameters() / 1e6)
     if uses_frozen_encoder(model):
