@@ -231,7 +231,7 @@ def assert_one_line_error(result: Result, command: str, *fragments: str) -> None
     assert result.out == ""
 
 
-def test_train_errors(vqa2_layout: VQA2Layout, tmp_path: Path,
+def test_train_errors(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout, tmp_path: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
     base = ["train", "--out", tmp_path / "run", "--epochs", "1", *tiny_set_args()]
     vqa2 = ["--dataset", "vqa2", "--train-split", "train2014", "--val-split", "val2014"]
@@ -239,7 +239,7 @@ def test_train_errors(vqa2_layout: VQA2Layout, tmp_path: Path,
         (vqa2, ["vqa2 needs a data root"]),
         ([*vqa2, "--data-root", tmp_path / "nowhere"],
          ["VQA-v2 root folder not found", str(tmp_path / "nowhere")]),
-        (["--dataset", "vqa2", "--data-root", vqa2_layout.root],  # the preset's split names
+        (["--dataset", "vqa2", "--data-root", vqa2_layout.root, "--train-split", "train"],
          ["VQA-v2 has no split 'train'", "train2014"]),
         (["--dataset", "coco"], ["unknown dataset 'coco'", "easyvqa", "vqa2"]),
         (["--config", "nope"], ["unknown preset 'nope'", "known presets: ", "easyvqa"]),
@@ -253,6 +253,22 @@ def test_train_errors(vqa2_layout: VQA2Layout, tmp_path: Path,
     ]
     for extra, fragments in cases:
         assert_one_line_error(run_cli(capsys, *base, *extra), "train", *fragments)
+        assert not (tmp_path / "run").exists()  # nothing half-written
+    # An existing run is never overwritten.
+    _, run = vqa2_run
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    assert_one_line_error(run_cli(capsys, "train", "--out", run, *tiny_set_args()), "train",
+                          "already holds a training run")
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_train_on_vqa2_uses_its_default_splits(vqa2_layout: VQA2Layout, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", vqa2_layout.root,
+                     "--epochs", "1", "--out", tmp_path / "run", "--json", *tiny_set_args())
+    assert result.code == 0, result.err
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "train_split: train2014" in config and "val_split: val2014" in config
 
 
 def test_evaluate_and_predict_errors(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import conftest
+from conftest import write_json
 from lrcn.data import registry
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.records import VQARecord, VQASplit
@@ -52,15 +53,6 @@ def test_easyvqa_unknown_split() -> None:
 
 # --- a tiny VQA-v2 layout, in the published schema -------------------------------------
 
-INFO = {
-    "description": "This is v2.0 of the VQA dataset.", "url": "http://visualqa.org",
-    "version": "2.0", "year": 2017, "contributor": "VQA Team",
-    "date_created": "2017-04-26 17:07:13",
-}
-LICENSE = {
-    "url": "http://creativecommons.org/licenses/by/4.0/",
-    "name": "Creative Commons Attribution 4.0 International License",
-}
 SAMPLES = [  # (question_id, image_id, question, answer_type, answers)
     (42000, 42, "What color is the bus?", "other", ["red"] * 8 + ["Red", "maroon"]),
     (42001, 42, "How many wheels?", "number", ["4"] * 6 + ["four"] * 3 + ["6"]),
@@ -69,32 +61,11 @@ SAMPLES = [  # (question_id, image_id, question, answer_type, answers)
 
 
 def questions_json(split: str, samples: list = SAMPLES) -> dict[str, Any]:
-    return {
-        "info": INFO, "task_type": "Open-Ended", "data_type": "mscoco",
-        "license": LICENSE, "data_subtype": split,
-        "questions": [{"image_id": i, "question": q, "question_id": qid}
-                      for qid, i, q, _, _ in samples],
-    }
+    return conftest.questions_json(split, samples)
 
 
 def annotations_json(split: str, samples: list = SAMPLES) -> dict[str, Any]:
-    anns = []
-    for qid, image_id, question, answer_type, answers in samples:
-        anns.append({
-            "question_type": " ".join(question.lower().split()[:2]),
-            "multiple_choice_answer": answers[0],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
-                        for j, a in enumerate(answers)],
-            "image_id": image_id, "answer_type": answer_type, "question_id": qid,
-        })
-    return {"info": INFO, "license": LICENSE, "data_subtype": split,
-            "annotations": anns, "data_type": "mscoco"}
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
+    return conftest.annotations_json(split, samples)
 
 
 def write_images(root: Path, folder: str, image_ids: set[int]) -> None:

@@ -118,6 +118,8 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(cfg.train, name) < 1:
             raise LrcnError(f"train.{name} must be at least 1, got {getattr(cfg.train, name)}")
+    if (out_dir / "checkpoints").exists() or (out_dir / "metrics.jsonl").exists():
+        raise LrcnError(f"{out_dir} already holds a training run; choose another --out")
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg)
@@ -139,7 +141,6 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
     for epoch in range(t.epochs):
         lr = t.lr * lr_factor(epoch, t.warmup_epochs, t.decay_epochs, t.decay_rate)
         for group in optimizer.param_groups:
