@@ -283,7 +283,7 @@ def test_evaluate_and_predict_errors(vqa2_run: tuple[Result, Path], vqa2_layout:
         ("evaluate", ["--checkpoint", missing, "--split", "val2014"],
          ["checkpoint not found", str(missing)]),
         ("evaluate", ["--checkpoint", truncated, "--split", "val2014"],
-         ["cannot read checkpoint", str(truncated)]),
+         ["not a PyTorch checkpoint file", str(truncated)]),
         ("evaluate", ["--checkpoint", tmp_path, "--split", "val2014"],
          ["no checkpoints/best.pt or checkpoints/last.pt"]),
         ("evaluate", ["--checkpoint", run, "--dataset", "coco", "--split", "val"],
