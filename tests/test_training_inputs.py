@@ -70,3 +70,18 @@ def test_glove_vectors_initialise_the_embedding(vqa2_layout: VQA2Layout, tmp_pat
     vocab = loaded.word_vocab
     assert torch.equal(embedding[vocab.index("color")], torch.tensor(vectors["color"]))
     assert torch.equal(embedding[vocab.index("what")], torch.tensor(vectors["what"]))
+
+
+def test_images_over_the_cache_limit_are_decoded_per_batch(vqa2_layout: VQA2Layout) -> None:
+    from lrcn.data import AnswerVocab, WordVocab, load_split
+    from lrcn.data.batches import BatchDataset, encode_split
+
+    split = load_split("vqa2", vqa2_layout.root, "train2014")
+    words = WordVocab.build(r.question for r in split.records)
+    answers = AnswerVocab.build(split.records)
+    cached = encode_split(split, words, answers, 14, 32, cache_images=True)
+    on_demand = encode_split(split, words, answers, 14, 32, cache_images=True, image_cache_gb=0.0)
+    assert cached.images.cached and not on_demand.images.cached
+    rows = list(range(len(split.records)))
+    a, b = BatchDataset(cached, len(answers))[rows], BatchDataset(on_demand, len(answers))[rows]
+    assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["tokens"], b["tokens"])

@@ -137,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     root = args.data_root or (d.data_root if dataset == d.dataset else None)
     split = load_split(dataset, root, args.split)
     encoded = encode_split(split, loaded.word_vocab, loaded.answer_vocab, d.max_question_tokens,
-                           d.image_size, d.cache_images)
+                           d.image_size, d.cache_images, d.image_cache_gb)
     if uses_frozen_encoder(loaded.model):
         encoded.features = precompute_grids(loaded.model, encoded.images, loaded.device)
     evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,

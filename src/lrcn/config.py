@@ -33,7 +33,8 @@ class DataConfig:
     answer_max_size: int | None = None  # keep at most this many most frequent answers
     glove: str | None = None          # GloVe text file; learned embeddings when None
     image_size: int = 64              # images are resized to image_size x image_size
-    cache_images: bool = True         # decode every image once and keep the pixels in memory
+    cache_images: bool = True         # decode every image once and keep the pixels in memory...
+    image_cache_gb: float = 4.0       # ...unless they would take more than this; then decode per batch
 
 
 @dataclass

@@ -6,6 +6,7 @@ targets); a batch is then a handful of tensor gathers with no per-sample Python 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from lrcn.data.images import ImageTable
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.data.text import WordVocab
 from lrcn.errors import LrcnError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,10 +60,21 @@ def encode_split(
     max_len: int,
     image_size: int,
     cache_images: bool,
+    image_cache_gb: float = 4.0,
 ) -> EncodedSplit:
-    """Encode questions, targets and the image table of one split."""
+    """Encode questions, targets and the image table of one split.
+
+    Images are decoded once into memory when `cache_images` is set and they fit in
+    `image_cache_gb`; otherwise they are decoded batch by batch.
+    """
     keys = sorted({r.image_key for r in split.records})
     row_of = {key: i for i, key in enumerate(keys)}
+    cache_gb = len(keys) * 3 * image_size * image_size / 2**30
+    if cache_images and cache_gb > image_cache_gb:
+        log.info("split %s: %d images would take %.1f GB decoded (limit data.image_cache_gb=%g); "
+                 "decoding them batch by batch instead", split.name, len(keys), cache_gb,
+                 image_cache_gb)
+        cache_images = False
     images = ImageTable([split.image_path(k) for k in keys], image_size, cache_images)
     target_index = target_score = None
     if split.has_answers:

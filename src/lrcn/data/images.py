@@ -55,9 +55,10 @@ class ImageTable:
         self.paths = paths
         self.size = size
         self.transform = resize_transform(size)
+        self.threads = threads
         self._cache: torch.Tensor | None = None
         if cache:
-            self._cache = self._decode_many(range(len(paths)), threads)
+            self._cache = self._decode_many(range(len(paths)))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,11 +66,15 @@ class ImageTable:
     def _decode(self, row: int) -> torch.Tensor:
         return self.transform(load_image(self.paths[row]))
 
-    def _decode_many(self, rows, threads: int = 1) -> torch.Tensor:
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None
+
+    def _decode_many(self, rows) -> torch.Tensor:
         rows = list(rows)
         out = torch.empty(len(rows), 3, self.size, self.size, dtype=torch.uint8)
         # Pillow releases the GIL while decoding, so threads overlap the file reads.
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for i, pixels in enumerate(pool.map(self._decode, rows)):
                 out[i] = pixels
         return out

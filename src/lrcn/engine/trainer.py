@@ -84,7 +84,7 @@ def _encode(split: VQASplit, word_vocab: WordVocab, answer_vocab: AnswerVocab,
             cfg: RunConfig) -> EncodedSplit:
     d = cfg.data
     return encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
-                        d.image_size, d.cache_images)
+                        d.image_size, d.cache_images, d.image_cache_gb)
 
 
 def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim.Optimizer,
