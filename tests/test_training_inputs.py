@@ -85,3 +85,14 @@ def test_images_over_the_cache_limit_are_decoded_per_batch(vqa2_layout: VQA2Layo
     rows = list(range(len(split.records)))
     a, b = BatchDataset(cached, len(answers))[rows], BatchDataset(on_demand, len(answers))[rows]
     assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["tokens"], b["tokens"])
+
+
+def test_worker_processes_decode_the_same_batches(vqa2_layout: VQA2Layout, tmp_path: Path) -> None:
+    results = []
+    for workers in (0, 2):
+        cfg = tiny_vqa2_config(vqa2_layout)
+        apply_overrides(cfg.data, {"cache_images": False})
+        apply_overrides(cfg.train, {"num_workers": workers})
+        train(cfg, tmp_path / f"run{workers}")
+        results.append(load_model(tmp_path / f"run{workers}").checkpoint.model_state)
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
