@@ -172,20 +172,22 @@ def _append(which: str, index: int, changes: dict) -> Mutation:
 @pytest.mark.parametrize(
     ("mutation", "bad_file", "message"),
     [
-        (_set(["q", "questions"], None), "questions", "with key 'questions'"),
+        (_set(["q", "questions"], None), "questions", "missing key 'questions'"),
         (_set(["a", "annotations"], {}), "annotations", "'annotations' must be a list"),
         (_set(["q", "questions", 1, "image_id"], None), "questions",
-         r"question #1 \(question_id 42001\) has no 'image_id'"),
+         r"questions\[1\] \(question_id 42001\): missing key 'image_id'"),
         (_set(["q", "questions", 2, "question_id"], "7000"), "questions",
-         r"question #2 .*'question_id' must be int"),
+         r"questions\[2\] .*'question_id' must be an integer, got a string"),
         (_set(["a", "annotations", 0, "answer_type"], None), "annotations",
-         r"annotation #0 \(question_id 42000\) has no 'answer_type'"),
+         r"annotations\[0\] \(question_id 42000\): missing key 'answer_type'"),
         (_set(["a", "annotations", 1, "answers", 3, "answer"], None), "annotations",
-         r"annotation #1 \(question_id 42001\), answer #3 has no 'answer'"),
+         r"annotations\[1\] \(question_id 42001\): answers\[3\]: missing key 'answer'"),
         (_append("q", 0, {"question": "again?"}), "questions",
-         r"question #3 \(question_id 42000\): duplicate question_id"),
+         r"questions\[3\] \(question_id 42000\): "
+         r"duplicate question_id 42000 \(first at questions\[0\]\)"),
         (_append("a", 2, {}), "annotations",
-         r"annotation #3 \(question_id 7000\): duplicate question_id"),
+         r"annotations\[3\] \(question_id 7000\): "
+         r"duplicate question_id 7000 \(first at annotations\[2\]\)"),
         (_append("a", 2, {"question_id": 7001}), "annotations",
          "annotation for question_id 7001 has no question"),
         (_append("q", 2, {"question_id": 7001}), "questions",
@@ -193,9 +195,9 @@ def _append(which: str, index: int, changes: dict) -> Mutation:
         (_set(["a", "annotations", 2, "image_id"], 8), "annotations",
          "question_id 7000 is about image 8, but its question .* is about image 7"),
         (_set(["a", "annotations", 1, "answers", 9], None), "annotations",
-         r"annotation #1 \(question_id 42001\): 9 answers, expected 10"),
+         r"annotations\[1\] \(question_id 42001\): has 9 answers, expected 10"),
         (_set(["a", "annotations", 2, "answer_type"], "unanswerable"), "annotations",
-         r"annotation #2 \(question_id 7000\): answer_type 'unanswerable' is not one of"),
+         r"annotations\[2\] \(question_id 7000\): answer_type 'unanswerable' is not one of"),
     ],
 )
 def test_read_vqa2_validation_errors(
@@ -209,11 +211,15 @@ def test_read_vqa2_validation_errors(
     assert str(q_path if bad_file == "questions" else a_path) in str(info.value)
 
 
-@pytest.mark.parametrize("text", ['{"questions": [{"image_id": 4', "", "\xff\xfe"])
-def test_read_vqa2_unreadable_json(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"questions": [{"image_id": 4', "not valid JSON"),
+    ("", "the questions file is empty"),
+    ("\xff\xfe", "not valid JSON"),
+])
+def test_read_vqa2_unreadable_json(tmp_path: Path, text: str, message: str) -> None:
     q_path, _ = make_val(tmp_path)
     q_path.write_bytes(text.encode("latin-1"))
-    with pytest.raises(LrcnError, match="not valid JSON|cannot be read") as info:
+    with pytest.raises(LrcnError, match=message) as info:
         read_vqa2(tmp_path, "val2014")
     assert str(q_path) in str(info.value)
 

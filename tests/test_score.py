@@ -42,7 +42,7 @@ def _answers(*texts: str) -> list[dict[str, Any]]:
 
 def _annotation(qid: int, answer_type: str = "yes/no", answers: Any = None) -> dict[str, Any]:
     return {"question_id": qid, "image_id": 1, "question_type": "is",
-            "answer_type": answer_type,
+            "answer_type": answer_type, "multiple_choice_answer": "yes",
             "answers": _answers() if answers is None else answers}
 
 
@@ -194,11 +194,11 @@ def _ann_cases() -> list[tuple[Any, tuple[str, ...]]]:
         ({"annotations": [{**good, "answers": _answers() + _answers()[:1]}]},
          ("has 11 answers",)),
         ({"annotations": [{**good, "answers": ["yes"] * 10}]},
-         ("answers[0] must be an object",)),
+         ("annotations[0] (question_id 7): answers[0]: expected an object",)),
         ({"annotations": [{**good, "answers": answer_without_text}]},
-         ("answers[3] is missing key 'answer'",)),
+         ("annotations[0] (question_id 7): answers[3]: missing key 'answer'",)),
         ({"annotations": [{**good, "answers": answer_not_str}]},
-         ("answers[4]['answer'] must be a string",)),
+         ("annotations[0] (question_id 7): answers[4]: 'answer' must be a string",)),
         ({"annotations": [{**good, "answers": same_records}]}, ("identical",)),
         ({"annotations": [{**good, "answers": same_ids}]}, ("identical",)),
     ]
@@ -274,7 +274,8 @@ def test_score_files_questions_mismatch(small: tuple[Path, Path], tmp_path: Path
 @pytest.mark.parametrize(("data", "fragments"), [
     ({"annotations": []}, ("missing key 'questions'",)),
     ({"questions": [{"question": "x"}]}, ("questions[0]", "missing key 'question_id'")),
-    ({"questions": [{"question_id": 1}, {"question_id": 1}]}, ("questions[1]", "duplicate")),
+    ({"questions": [{"image_id": 1, "question": "?", "question_id": 1}] * 2},
+     ("questions[1]", "question_id 1", "duplicate", "questions[0]")),
 ])
 def test_score_files_bad_questions_file(small: tuple[Path, Path], tmp_path: Path,
                                         data: Any, fragments: tuple[str, ...]) -> None:

@@ -14,11 +14,11 @@ Images are not opened while reading (443k questions); ``check_images`` checks th
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from lrcn.data.json_records import check_record, iter_unique_records
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.errors import LrcnError
 
@@ -68,11 +68,11 @@ def read_vqa2(root: str | Path, split: str) -> VQASplit:
         raise LrcnError(f"VQA-v2 root folder not found: {root}")
 
     q_path = _find_json(root, questions_filename(split))
-    questions = _read_questions(q_path)
+    questions = read_questions_file(q_path)
     annotations = None
     if split not in SPLITS_WITHOUT_ANSWERS:
         a_path = _find_json(root, annotations_filename(split))
-        annotations = _read_annotations(a_path)
+        annotations = read_annotations_file(a_path)
         _check_pairing(questions, annotations, q_path, a_path)
 
     records = []
@@ -128,63 +128,32 @@ def _find_json(root: Path, filename: str) -> Path:
     raise LrcnError(f"{filename} not found; looked in {places}")
 
 
-def _load_json(path: Path, list_key: str) -> list[Any]:
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise LrcnError(f"{path}: not valid JSON (truncated?): {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LrcnError(f"{path}: cannot be read: {exc}") from None
-    if not isinstance(data, dict) or list_key not in data:
-        raise LrcnError(f"{path}: expected a JSON object with key {list_key!r}")
-    if not isinstance(data[list_key], list):
-        raise LrcnError(f"{path}: {list_key!r} must be a list")
-    return data[list_key]
+def read_questions_file(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Read an official VQA questions file: question id -> question record, in file order.
+
+    Each question needs ``question_id`` and ``image_id`` (int) and ``question`` (str);
+    ids must be unique. Raises LrcnError naming the file and record otherwise.
+    """
+    records = iter_unique_records(Path(path), "questions", "questions", QUESTION_KEYS)
+    return {q["question_id"]: q for _, q in records}
 
 
-def _check_entry(entry: Any, keys: dict[str, type], path: Path, where: str) -> None:
-    if not isinstance(entry, dict):
-        raise LrcnError(f"{path}: {where} is not a JSON object")
-    for key, kind in keys.items():
-        if key not in entry:
-            raise LrcnError(f"{path}: {where} has no {key!r}")
-        value = entry[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise LrcnError(
-                f"{path}: {where}: {key!r} must be {kind.__name__}, got {value!r}"
-            )
+def read_annotations_file(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Read an official VQA annotation file: question id -> annotation record, in file order.
 
-
-def _describe(entry: Any, i: int, what: str) -> str:
-    qid = entry.get("question_id") if isinstance(entry, dict) else None
-    return f"{what} #{i}" + (f" (question_id {qid!r})" if qid is not None else "")
-
-
-def _read_questions(path: Path) -> dict[int, dict[str, Any]]:
+    Each annotation needs the keys of ``ANNOTATION_KEYS`` with their types, a unique
+    ``question_id``, ten ``answers`` objects with a string ``answer`` and an
+    ``answer_type`` of yes/no, number or other. Raises LrcnError naming the file and
+    record otherwise.
+    """
+    path = Path(path)
     out: dict[int, dict[str, Any]] = {}
-    for i, q in enumerate(_load_json(path, "questions")):
-        where = _describe(q, i, "question")
-        _check_entry(q, QUESTION_KEYS, path, where)
-        if q["question_id"] in out:
-            raise LrcnError(f"{path}: {where}: duplicate question_id")
-        out[q["question_id"]] = q
-    return out
-
-
-def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {}
-    for i, a in enumerate(_load_json(path, "annotations")):
-        where = _describe(a, i, "annotation")
-        _check_entry(a, ANNOTATION_KEYS, path, where)
-        if a["question_id"] in out:
-            raise LrcnError(f"{path}: {where}: duplicate question_id")
-        if len(a["answers"]) != NUM_ANSWERS:
-            raise LrcnError(
-                f"{path}: {where}: {len(a['answers'])} answers, expected {NUM_ANSWERS}"
-            )
-        for j, ans in enumerate(a["answers"]):
-            _check_entry(ans, {"answer": str}, path, f"{where}, answer #{j}")
+    for where, a in iter_unique_records(path, "annotations", "annotation", ANNOTATION_KEYS):
+        answers = a["answers"]
+        if len(answers) != NUM_ANSWERS:
+            raise LrcnError(f"{path}: {where}: has {len(answers)} answers, expected {NUM_ANSWERS}")
+        for j, ans in enumerate(answers):
+            check_record(path, ans, f"{where}: answers[{j}]", {"answer": str})
         if a["answer_type"] not in ANSWER_TYPES:
             raise LrcnError(
                 f"{path}: {where}: answer_type {a['answer_type']!r} is not one of "

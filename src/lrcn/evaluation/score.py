@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrcn.data.json_records import describe_record, is_int, iter_unique_records
+from lrcn.data.vqa2 import NUM_ANSWERS, read_annotations_file, read_questions_file
 from lrcn.errors import LrcnError
 from lrcn.evaluation.vqa_accuracy import aggregate, question_accuracy
 
@@ -30,8 +32,9 @@ __all__ = [
     "write_per_question",
 ]
 
-NUM_HUMAN_ANSWERS = 10
+NUM_HUMAN_ANSWERS = NUM_ANSWERS
 _EXAMPLES = 5  # how many example ids a coverage message lists
+_RESULT_KEYS = {"question_id": int, "answer": str}  # other keys of a result are ignored
 
 
 @dataclass(frozen=True)
@@ -54,135 +57,20 @@ class ScoreReport:
 # --------------------------------------------------------------------------- reading
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _kind(value: Any) -> str:
-    """A JSON-ish name for the type of a parsed value, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _load_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Parse a JSON file, turning every way of failing into an LrcnError naming it."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise LrcnError(f"{p}: {what} file not found") from None
-    except IsADirectoryError:
-        raise LrcnError(f"{p}: expected a {what} file, found a directory") from None
-    except OSError as exc:
-        raise LrcnError(f"{p}: cannot read the {what} file: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise LrcnError(f"{p}: the {what} file is empty")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise LrcnError(
-            f"{p}: not valid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno}, "
-            f"column {exc.colno}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise LrcnError(f"{p}: not a UTF-8 JSON file: {exc.reason} at byte {exc.start}") from None
-    except RecursionError:
-        raise LrcnError(f"{p}: JSON nested too deeply to be a {what} file") from None
-
-
-def _int_id(path: Path, where: str, record: Mapping[str, Any], key: str = "question_id") -> int:
-    if key not in record:
-        raise LrcnError(f"{path}: {where}: missing key {key!r} (keys: {sorted(record)[:8]})")
-    value = record[key]
-    if not _is_int(value):
-        raise LrcnError(
-            f"{path}: {where}: {key!r} must be an integer, got {_kind(value)} {_short(value)}"
-        )
-    return value
-
-
-def _records(path: Path, data: Any, container: str | None, what: str) -> list[Any]:
-    """The list of records: the document itself, or ``data[container]``."""
-    if container is None:
-        if not isinstance(data, list):
-            raise LrcnError(
-                f"{path}: a {what} file must be a JSON list of objects, got {_kind(data)}"
-            )
-        return data
-    if not isinstance(data, dict):
-        raise LrcnError(
-            f"{path}: a {what} file must be a JSON object with key {container!r}, "
-            f"got {_kind(data)}"
-        )
-    if container not in data:
-        raise LrcnError(
-            f"{path}: missing key {container!r} at the top level of the {what} file "
-            f"(keys: {sorted(data)[:8]})"
-        )
-    records = data[container]
-    if not isinstance(records, list):
-        raise LrcnError(f"{path}: {container!r} must be a list, got {_kind(records)}")
-    return records
-
-
-def _record_name(container: str | None, index: int) -> str:
-    return f"record {index}" if container is None else f"{container}[{index}]"
-
-
 def read_results(path: str | os.PathLike[str]) -> dict[int, str]:
     """Read a results file as the evaluation server takes it.
 
     The file is a JSON list of ``{"question_id": int, "answer": str}``; other keys are
     ignored. Returns question id -> predicted answer.
     """
-    p = Path(path)
-    records = _records(p, _load_json(p, "results"), None, "results")
-    predictions: dict[int, str] = {}
-    first_index: dict[int, int] = {}
-    for i, rec in enumerate(records):
-        where = _record_name(None, i)
-        if not isinstance(rec, dict):
-            raise LrcnError(f"{p}: {where}: expected an object, got {_kind(rec)} {_short(rec)}")
-        qid = _int_id(p, where, rec)
-        if "answer" not in rec:
-            raise LrcnError(f"{p}: {where} (question_id {qid}): missing key 'answer'")
-        answer = rec["answer"]
-        if not isinstance(answer, str):
-            raise LrcnError(
-                f"{p}: {where} (question_id {qid}): 'answer' must be a string, "
-                f"got {_kind(answer)} {_short(answer)}"
-            )
-        if qid in predictions:
-            raise LrcnError(
-                f"{p}: {where}: duplicate question_id {qid} (first at record {first_index[qid]})"
-            )
-        predictions[qid] = answer
-        first_index[qid] = i
-    return predictions
+    records = iter_unique_records(path, None, "results", _RESULT_KEYS)
+    return {rec["question_id"]: rec["answer"] for _, rec in records}
 
 
 def _answer_records_distinct(answers: Sequence[Mapping[str, Any]]) -> bool:
     """Whether no two answer records are equal (the official leave-one-out needs it)."""
     ids = [a.get("answer_id") for a in answers]
-    if all(_is_int(i) or isinstance(i, str) for i in ids) and len(set(ids)) == len(ids):
+    if all(is_int(i) or isinstance(i, str) for i in ids) and len(set(ids)) == len(ids):
         return True
     return all(answers[i] != answers[j]
                for i in range(len(answers)) for j in range(i + 1, len(answers)))
@@ -193,93 +81,36 @@ def read_vqa_annotations(
 ) -> tuple[dict[int, list[str]], dict[int, str]]:
     """Read an official VQA annotation file.
 
-    Returns (question id -> the ten human answers, question id -> answer type). Every
-    annotation needs ``question_id`` (int), ``answer_type`` (str) and ten ``answers``
-    objects with a string ``answer``; no two of them may be identical records, because the
-    official evaluator leaves an answer out by record equality (published files give
-    every answer a distinct ``answer_id``).
+    Returns (question id -> the ten human answers, question id -> answer type). The file
+    is checked as :func:`lrcn.data.vqa2.read_annotations_file` checks it; in addition no
+    two answer records of a question may be identical, because the official evaluator
+    leaves an answer out by record equality (published files give every answer a
+    distinct ``answer_id``).
     """
     p = Path(path)
-    container = "annotations"
-    records = _records(p, _load_json(p, "annotation"), container, "annotation")
-    if not records:
+    annotations = read_annotations_file(p)
+    if not annotations:
         raise LrcnError(f"{p}: 'annotations' is empty: there is nothing to score against")
     answers_by_qid: dict[int, list[str]] = {}
     answer_types: dict[int, str] = {}
-    first_index: dict[int, int] = {}
-    for i, rec in enumerate(records):
-        where = _record_name(container, i)
-        if not isinstance(rec, dict):
-            raise LrcnError(f"{p}: {where}: expected an object, got {_kind(rec)} {_short(rec)}")
-        qid = _int_id(p, where, rec)
-        where = f"{where} (question_id {qid})"
-        if qid in answers_by_qid:
+    for i, (qid, rec) in enumerate(annotations.items()):
+        if not _answer_records_distinct(rec["answers"]):
             raise LrcnError(
-                f"{p}: {where}: duplicate question_id (first at annotations[{first_index[qid]}])"
+                f"{p}: {describe_record(rec, 'annotations', i)}: two answer records are "
+                "identical; the official evaluator would drop both when leaving one out "
+                "(give each a distinct 'answer_id')"
             )
-        for key in ("answer_type", "answers"):
-            if key not in rec:
-                raise LrcnError(f"{p}: {where}: missing key {key!r}")
-        answer_type = rec["answer_type"]
-        if not isinstance(answer_type, str):
-            raise LrcnError(
-                f"{p}: {where}: 'answer_type' must be a string, got {_kind(answer_type)} "
-                f"{_short(answer_type)}"
-            )
-        answers = rec["answers"]
-        if not isinstance(answers, list):
-            raise LrcnError(f"{p}: {where}: 'answers' must be a list, got {_kind(answers)}")
-        if len(answers) != NUM_HUMAN_ANSWERS:
-            raise LrcnError(
-                f"{p}: {where}: has {len(answers)} answers, expected {NUM_HUMAN_ANSWERS}"
-            )
-        texts: list[str] = []
-        for j, ans in enumerate(answers):
-            if not isinstance(ans, dict):
-                raise LrcnError(
-                    f"{p}: {where}: answers[{j}] must be an object, got {_kind(ans)} "
-                    f"{_short(ans)}"
-                )
-            if "answer" not in ans:
-                raise LrcnError(f"{p}: {where}: answers[{j}] is missing key 'answer'")
-            text = ans["answer"]
-            if not isinstance(text, str):
-                raise LrcnError(
-                    f"{p}: {where}: answers[{j}]['answer'] must be a string, got "
-                    f"{_kind(text)} {_short(text)}"
-                )
-            texts.append(text)
-        if not _answer_records_distinct(answers):
-            raise LrcnError(
-                f"{p}: {where}: two answer records are identical; the official evaluator "
-                "would drop both when leaving one out (give each a distinct 'answer_id')"
-            )
-        answers_by_qid[qid] = texts
-        answer_types[qid] = answer_type
-        first_index[qid] = i
+        answers_by_qid[qid] = [ans["answer"] for ans in rec["answers"]]
+        answer_types[qid] = rec["answer_type"]
     return answers_by_qid, answer_types
 
 
 def read_question_ids(path: str | os.PathLike[str]) -> list[int]:
-    """Question ids of an official questions file (``{"questions": [{"question_id"...}]}``)."""
-    p = Path(path)
-    container = "questions"
-    records = _records(p, _load_json(p, "questions"), container, "questions")
-    ids: list[int] = []
-    first_index: dict[int, int] = {}
-    for i, rec in enumerate(records):
-        where = _record_name(container, i)
-        if not isinstance(rec, dict):
-            raise LrcnError(f"{p}: {where}: expected an object, got {_kind(rec)} {_short(rec)}")
-        qid = _int_id(p, where, rec)
-        if qid in first_index:
-            raise LrcnError(
-                f"{p}: {where}: duplicate question_id {qid} "
-                f"(first at questions[{first_index[qid]}])"
-            )
-        first_index[qid] = i
-        ids.append(qid)
-    return ids
+    """Question ids of an official questions file, in file order.
+
+    The file is checked as :func:`lrcn.data.vqa2.read_questions_file` checks it.
+    """
+    return list(read_questions_file(path))
 
 
 # --------------------------------------------------------------------------- scoring
