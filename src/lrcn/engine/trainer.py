@@ -125,14 +125,14 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     data = prepare_data(cfg)
     num_answers = len(data.answer_vocab)
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
-    # The run folder is made only once the data and model are known to be good.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
              cfg.model.variant, model.net.num_parameters() / 1e6)
     if uses_frozen_encoder(model):
         data.train.features = precompute_grids(model, data.train.images, device)
         data.val.features = precompute_grids(model, data.val.images, device)
+    # The run folder is made only once the data and model are known to be good.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
 
     t = cfg.train
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=t.lr, betas=t.betas, eps=t.eps,
