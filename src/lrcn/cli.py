@@ -123,10 +123,9 @@ def _run_dir_of(checkpoint: Path) -> Path:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.data import load_split
-    from lrcn.data.batches import encode_split
     from lrcn.engine.checkpoint import resolve_checkpoint
     from lrcn.engine.evaluator import write_results
-    from lrcn.engine.inference import load_model, precompute_grids, predict_split, uses_frozen_encoder
+    from lrcn.engine.inference import encode_for_model, load_model, predict_split
 
     if args.batch_size < 1:
         raise LrcnError("--batch-size must be at least 1")
@@ -136,10 +135,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     dataset = args.dataset or d.dataset
     root = args.data_root or (d.data_root if dataset == d.dataset else None)
     split = load_split(dataset, root, args.split)
-    encoded = encode_split(split, loaded.word_vocab, loaded.answer_vocab, d.max_question_tokens,
-                           d.image_size, d.cache_images, d.image_cache_gb)
-    if uses_frozen_encoder(loaded.model):
-        encoded.features = precompute_grids(loaded.model, encoded.images, loaded.device)
+    encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab, d, loaded.model,
+                               loaded.device)
     evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,
                               loaded.device)
     results_path = Path(args.results) if args.results else (

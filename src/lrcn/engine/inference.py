@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from lrcn.config import DataConfig
 from lrcn.data.answers import AnswerVocab
-from lrcn.data.batches import EncodedSplit, batch_loader, iterate_images
+from lrcn.data.batches import EncodedSplit, batch_loader, encode_split, iterate_images
 from lrcn.data.images import ImageTable, normalize
+from lrcn.data.records import VQASplit
 from lrcn.data.text import WordVocab
 from lrcn.engine.checkpoint import Checkpoint, load_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
@@ -53,6 +54,17 @@ def precompute_grids(model: VQAModel, images: ImageTable, device: torch.device,
 
 def uses_frozen_encoder(model: VQAModel) -> bool:
     return model.encoder is not None and not model.encoder.trainable
+
+
+def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: AnswerVocab,
+                     data_cfg: DataConfig, model: VQAModel, device: torch.device) -> EncodedSplit:
+    """Encode a split as `model` reads it; a frozen encoder's grids are computed here, once."""
+    d = data_cfg
+    encoded = encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
+                           d.image_size, d.cache_images, d.image_cache_gb)
+    if uses_frozen_encoder(model):
+        encoded.features = precompute_grids(model, encoded.images, device)
+    return encoded
 
 
 @torch.no_grad()
@@ -126,7 +138,3 @@ def answer_question(loaded: LoadedModel, image_path: Path, question: str,
     scores, index = probs.topk(k)
     return [{"answer": loaded.answer_vocab.answer(i), "score": float(s)}
             for s, i in zip(scores.tolist(), index.tolist())]
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

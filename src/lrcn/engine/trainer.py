@@ -17,12 +17,11 @@ from tqdm import tqdm
 
 from lrcn.config import RunConfig, save_config
 from lrcn.data import AnswerVocab, WordVocab, load_glove, load_split
-from lrcn.data.batches import EncodedSplit, batch_loader, encode_split
+from lrcn.data.batches import EncodedSplit, batch_loader
 from lrcn.data.records import VQASplit
 from lrcn.engine.checkpoint import Checkpoint, atomic_write, save_checkpoint
 from lrcn.engine.curves import plot_curves
-from lrcn.engine.inference import (model_inputs, precompute_grids, predict_split,
-                                   resolve_device, trainable_parameters, uses_frozen_encoder)
+from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
 from lrcn.engine.schedule import lr_factor
 from lrcn.errors import LrcnError
 from lrcn.models import VQAModel, create_model
@@ -38,17 +37,17 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class RunData:
-    """Everything built from the data before training starts."""
+    """The splits of a run and what is built from them before the model exists."""
 
-    train: EncodedSplit
-    val: EncodedSplit
+    train: VQASplit
+    val: VQASplit
     word_vocab: WordVocab
     answer_vocab: AnswerVocab
     word_vectors: torch.Tensor | None
 
 
 def prepare_data(cfg: RunConfig) -> RunData:
-    """Read both splits, build the vocabularies from the training split, encode."""
+    """Read both splits and build the vocabularies (and GloVe vectors) from training."""
     d = cfg.data
     train_split = load_split(d.dataset, d.data_root, d.train_split)
     val_split = load_split(d.dataset, d.data_root, d.val_split)
@@ -58,9 +57,6 @@ def prepare_data(cfg: RunConfig) -> RunData:
         raise LrcnError(f"training split {d.train_split!r} has no answers")
     word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
     answer_vocab = AnswerVocab.build(train_split.records, d.answer_min_count, d.answer_max_size)
-    if len(answer_vocab) == 0:
-        raise LrcnError(f"no answer of split {d.train_split!r} occurs at least "
-                        f"{d.answer_min_count} times; lower answer_min_count")
     word_vectors = None
     if d.glove:
         word_vectors, coverage = load_glove(d.glove, word_vocab)
@@ -71,20 +67,7 @@ def prepare_data(cfg: RunConfig) -> RunData:
     log.info("%s: %d questions, %s: %d questions; %d words, %d answers",
              train_split.name, len(train_split.records), val_split.name,
              len(val_split.records), len(word_vocab), len(answer_vocab))
-    return RunData(
-        train=_encode(train_split, word_vocab, answer_vocab, cfg),
-        val=_encode(val_split, word_vocab, answer_vocab, cfg),
-        word_vocab=word_vocab,
-        answer_vocab=answer_vocab,
-        word_vectors=word_vectors,
-    )
-
-
-def _encode(split: VQASplit, word_vocab: WordVocab, answer_vocab: AnswerVocab,
-            cfg: RunConfig) -> EncodedSplit:
-    d = cfg.data
-    return encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
-                        d.image_size, d.cache_images, d.image_cache_gb)
+    return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors)
 
 
 def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim.Optimizer,
@@ -127,15 +110,17 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
              cfg.model.variant, model.net.num_parameters() / 1e6)
-    if uses_frozen_encoder(model):
-        data.train.features = precompute_grids(model, data.train.images, device)
-        data.val.features = precompute_grids(model, data.val.images, device)
+    train_split = encode_for_model(data.train, data.word_vocab, data.answer_vocab, cfg.data,
+                                   model, device)
+    val_split = encode_for_model(data.val, data.word_vocab, data.answer_vocab, cfg.data,
+                                 model, device)
     # The run folder is made only once the data and model are known to be good.
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
 
     t = cfg.train
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=t.lr, betas=t.betas, eps=t.eps,
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=t.lr, betas=t.betas, eps=t.eps,
                                  weight_decay=t.weight_decay)
     ckpt_dir = out_dir / "checkpoints"
     history: list[dict[str, Any]] = []
@@ -146,10 +131,10 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        train_loss = train_one_epoch(model, data.train, optimizer, cfg, epoch, device, num_answers)
+        train_loss = train_one_epoch(model, train_split, optimizer, cfg, epoch, device, num_answers)
         train_time = time.perf_counter() - start
-        evaluator = predict_split(model, data.val, data.answer_vocab, t.eval_batch_size, device)
-        val = evaluator.evaluate() if data.val.target_index is not None else {}
+        evaluator = predict_split(model, val_split, data.answer_vocab, t.eval_batch_size, device)
+        val = evaluator.evaluate() if val_split.target_index is not None else {}
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                  "train_seconds": round(train_time, 2),
                  "eval_seconds": round(time.perf_counter() - start - train_time, 2), "val": val}
