@@ -7,7 +7,9 @@ The layout follows the published files exactly (the same schema ``test_readers.p
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+
+from lrcn.cli import main
 
 # The models of the tests are tiny: a second thread buys nothing and, on a busy machine,
 # oversubscribed cores make every step many times slower.
@@ -37,6 +41,8 @@ TRAIN_IMAGES = {1: ("red", 1), 2: ("green", 2), 3: ("blue", 3), 4: ("yellow", 1)
                 5: ("red", 2), 6: ("blue", 1)}
 VAL_IMAGES = {11: ("green", 1), 12: ("red", 3), 13: ("yellow", 2)}
 TEST_IMAGES = {21: ("blue", 2), 22: ("green", 3)}
+# Visual Genome QA about COCO train and val images (same colours and counts as there).
+VG_IMAGES = {2: TRAIN_IMAGES[2], 6: TRAIN_IMAGES[6], 12: VAL_IMAGES[12]}
 
 # Tiny-model overrides: every CLI training run of the tests takes a second or two.
 TINY_SET = [
@@ -44,6 +50,33 @@ TINY_SET = [
     "model.word_dim=16", "model.pool_hidden=16", "model.fused_dim=32",
     "model.encoder_channels=16", "data.image_size=32",
 ]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """The last stdout line, which ``--json`` makes one JSON object."""
+        return json.loads(self.out.strip().splitlines()[-1])
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
+    capsys.readouterr()  # drop anything printed before
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
+
+
+def run_cli_uncaptured(*argv: str) -> Result:
+    """For module-scoped fixtures, where capsys is not available."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def tiny_set_args() -> list[str]:
@@ -91,6 +124,15 @@ def annotations_json(split: str, samples: list) -> dict[str, Any]:
             "annotations": anns, "data_type": "mscoco"}
 
 
+def vg_annotations_json(samples: list) -> dict[str, Any]:
+    """VG QA in openvqa's conversion: one answer repeated, no answer or question type."""
+    anns = [{"question_id": qid, "image_id": image_id, "multiple_choice_answer": answers[0],
+             "answers": [{"answer": answers[0], "answer_confidence": "yes", "answer_id": j + 1}
+                         for j in range(10)]}
+            for qid, image_id, _, _, answers in samples]
+    return {"annotations": anns}
+
+
 def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -112,6 +154,7 @@ class VQA2Layout:
     train_samples: list
     val_samples: list
     test_samples: list
+    vg_samples: list
 
     @property
     def val_annotations(self) -> Path:
@@ -127,7 +170,8 @@ class VQA2Layout:
 
 
 def make_vqa2_layout(root: Path) -> VQA2Layout:
-    """train2014 (24 questions, 6 images), val2014 (12, 3), test2015 (8, 2, no annotations)."""
+    """train2014 (24 questions, 6 images), val2014 (12, 3), test2015 (8, 2, no annotations),
+    test-dev2015 (its first 4), and VG QA (12 questions about 2 train and 1 val image)."""
     train, val, test = _samples(TRAIN_IMAGES, 100), _samples(VAL_IMAGES, 500), \
         _samples(TEST_IMAGES, 900)
     for split, samples, images in (("train2014", train, TRAIN_IMAGES),
@@ -139,8 +183,14 @@ def make_vqa2_layout(root: Path) -> VQA2Layout:
         write_images(root, split, images)
     write_json(root / "Questions" / "v2_OpenEnded_mscoco_test2015_questions.json",
                questions_json("test2015", test))
+    # test-dev2015 is a subset of test2015's questions, about images in test2015/.
+    write_json(root / "Questions" / "v2_OpenEnded_mscoco_test-dev2015_questions.json",
+               questions_json("test-dev2015", test[:4]))
     write_images(root, "test2015", TEST_IMAGES)
-    return VQA2Layout(root, train, val, test)
+    vg = _samples(VG_IMAGES, 7000)
+    write_json(root / "VG_questions.json", questions_json("vg", vg))
+    write_json(root / "VG_annotations.json", vg_annotations_json(vg))
+    return VQA2Layout(root, train, val, test, vg)
 
 
 @pytest.fixture(scope="session")

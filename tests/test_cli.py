@@ -6,52 +6,20 @@ console script in a subprocess for the real exit codes.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
-from conftest import VQA2Layout, tiny_set_args
-from lrcn.cli import main
+from conftest import Result, VQA2Layout, run_cli, run_cli_uncaptured, tiny_set_args
 from lrcn.config import load_config
 from lrcn.engine.checkpoint import load_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        """The last stdout line, which ``--json`` makes one JSON object."""
-        return json.loads(self.out.strip().splitlines()[-1])
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
-    capsys.readouterr()  # drop anything printed before
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
-
-
-def run_cli_uncaptured(*argv: str) -> Result:
-    """For module-scoped fixtures, where capsys is not available."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def vqa2_train_args(layout: VQA2Layout, out: Path, *extra: str) -> list[str]:
@@ -159,7 +127,7 @@ def test_evaluate_test_split_writes_results_without_accuracy(
     assert ev.code == 0, ev.err
     summary = ev.json
     assert "overall" not in summary and "per_answer_type" not in summary
-    path = run / "results" / "vqa2_test2015.json"
+    path = run / "results" / "vqa_OpenEnded_mscoco_test2015_lrcn_results.json"
     assert summary["results"] == str(path) and summary["dataset"] == "vqa2"
     written = json.loads(path.read_text(encoding="utf-8"))
     assert [r["question_id"] for r in written] == vqa2_layout.test_question_ids

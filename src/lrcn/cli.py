@@ -7,6 +7,7 @@ bars) goes to stderr. Errors print one message to stderr and exit non-zero, no t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -25,8 +26,10 @@ log = logging.getLogger("lrcn")
 # --------------------------------------------------------------------------- arguments
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="dataset name: easyvqa (bundled) or vqa2")
+    p.add_argument("--dataset", help="dataset name: easyvqa (bundled), vqa2 or vizwiz")
     p.add_argument("--data-root", help="dataset folder in its official layout")
+    p.add_argument("--features", nargs="+", metavar="STORE",
+                   help="feature stores to read image grids from (lrcn features import/extract)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and evaluate it every epoch")
     p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or YAML file")
     _add_dataset_flags(p)
-    p.add_argument("--train-split", help="split to train on")
-    p.add_argument("--val-split", help="split to evaluate on after every epoch")
+    p.add_argument("--train-split", help="split to train on; join several with '+', "
+                   "e.g. train2014+val2014+vg")
+    p.add_argument("--val-split", help="split to evaluate on after every epoch ('none': no "
+                   "evaluation)")
     p.add_argument("--variant", choices=["ed", "st", "cst"], help="LRCN stacking")
     p.add_argument("--layers", type=int, help="number of layers L")
     p.add_argument("--lrm", choices=["none", "sa", "ga", "both"], help="layer-residual placement")
@@ -75,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", help="official questions JSON (checked against the annotations)")
     p.add_argument("--per-question", help="write {question_id: accuracy} to this JSON file")
     p.add_argument("--json", action="store_true")
+
+    from lrcn.features.commands import add_features_parser
+    add_features_parser(sub)
     return parser
 
 
@@ -88,9 +96,14 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     if args.dataset and args.dataset != cfg.data.dataset:
         # Another dataset than the preset's: start from that dataset's usual splits.
         cfg.data.train_split, cfg.data.val_split = default_splits(args.dataset)
+    if args.val_split is not None and args.val_split.lower() == "none":
+        cfg.data.val_split = args.val_split = None
+    if args.features:
+        cfg.model.image_encoder = "features"
     flags = {
         "data": {"dataset": args.dataset, "data_root": args.data_root,
-                 "train_split": args.train_split, "val_split": args.val_split, "glove": args.glove},
+                 "train_split": args.train_split, "val_split": args.val_split,
+                 "glove": args.glove, "features": args.features},
         "model": {"variant": args.variant, "layers": args.layers, "lrm": args.lrm},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "seed": args.seed, "device": args.device},
@@ -121,6 +134,13 @@ def _run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+def default_results_name(dataset: str, split: str) -> str:
+    """The results file name; VQA-v2's follows the evaluation server's convention."""
+    if dataset == "vqa2":
+        return f"vqa_OpenEnded_mscoco_{split}_lrcn_results.json"
+    return f"{dataset}_{split}.json"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.data import load_split
     from lrcn.engine.checkpoint import resolve_checkpoint
@@ -132,6 +152,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_path = resolve_checkpoint(args.checkpoint)
     loaded = load_model(ckpt_path, args.device)
     d = loaded.checkpoint.config.data
+    if args.features:
+        d = dataclasses.replace(d, features=args.features)
     dataset = args.dataset or d.dataset
     root = args.data_root or (d.data_root if dataset == d.dataset else None)
     split = load_split(dataset, root, args.split)
@@ -140,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,
                               loaded.device)
     results_path = Path(args.results) if args.results else (
-        _run_dir_of(ckpt_path) / "results" / f"{dataset}_{args.split}.json")
+        _run_dir_of(ckpt_path) / "results" / default_results_name(dataset, args.split))
     write_results(evaluator.results(), results_path)
     log.info("wrote %d answers to %s", len(evaluator.predictions), results_path)
     summary: dict[str, Any] = {"checkpoint": str(ckpt_path), "dataset": dataset,
@@ -171,8 +193,13 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return report.to_dict()
 
 
+def cmd_features(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.features.commands import run_features
+    return run_features(args)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "score": cmd_score}
+            "score": cmd_score, "features": cmd_features}
 
 
 # --------------------------------------------------------------------------- output
@@ -187,7 +214,7 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         print(f"VQA accuracy: {summary['overall']:.2f}%")
         for answer_type, acc in summary.get("per_answer_type", {}).items():
             print(f"  {answer_type:<14}{acc:.2f}%")
-    for key in ("run_dir", "results"):
+    for key in ("run_dir", "results", "store"):
         if key in summary:
             print(f"{key.replace('_', ' ')}: {summary[key]}")
 

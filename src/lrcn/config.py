@@ -21,15 +21,17 @@ from lrcn.errors import LrcnError
 
 @dataclass
 class DataConfig:
-    dataset: str = "easyvqa"          # a name from lrcn.data.registry: easyvqa | vqa2
+    dataset: str = "easyvqa"          # a name from lrcn.data.registry: easyvqa | vqa2 | vizwiz
     data_root: str | None = None      # dataset folder; easy-VQA needs none (bundled package)
-    train_split: str = "train"
-    val_split: str = "test"
+    train_split: str = "train"        # a split, or several joined by '+': train2014+val2014+vg
+    val_split: str | None = "test"    # evaluated after every epoch; None: no evaluation
+    features: list[str] = field(default_factory=list)  # feature stores (model.image_encoder: features)
     train_limit: int | None = None    # use only the first N training questions (quick runs, tests)
     val_limit: int | None = None      # use only the first N validation questions
     max_question_tokens: int = 14     # m in the paper: questions are truncated/padded to this
     min_word_count: int = 1           # words seen fewer times in training questions -> <unk>
-    answer_min_count: int = 1         # answers seen fewer times in training are dropped
+    answer_vocab_splits: str | None = None  # splits whose answers make the vocabulary; None: train_split
+    answer_min_count: int = 1         # answers seen fewer times are dropped (9: "more than 8")
     answer_max_size: int | None = None  # keep at most this many most frequent answers
     glove: str | None = None          # GloVe text file; learned embeddings when None
     image_size: int = 64              # images are resized to image_size x image_size

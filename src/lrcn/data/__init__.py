@@ -4,7 +4,9 @@ from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets, traini
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.data.registry import dataset_names, default_splits, load_split, register_dataset
-from lrcn.data.text import WordVocab, load_glove, tokenize
+from lrcn.data.glove import cached_glove, load_glove
+from lrcn.data.text import WordVocab, tokenize
+from lrcn.data.vizwiz import read_vizwiz
 from lrcn.data.vqa2 import check_images, read_vqa2
 
 __all__ = [
@@ -12,6 +14,7 @@ __all__ = [
     "VQARecord",
     "VQASplit",
     "WordVocab",
+    "cached_glove",
     "check_images",
     "dataset_names",
     "default_splits",
@@ -20,6 +23,7 @@ __all__ = [
     "load_glove",
     "load_split",
     "read_easyvqa",
+    "read_vizwiz",
     "read_vqa2",
     "register_dataset",
     "tokenize",

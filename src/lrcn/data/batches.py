@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -22,6 +23,24 @@ from lrcn.errors import LrcnError
 log = logging.getLogger(__name__)
 
 
+class GridSource(Protocol):
+    """Precomputed grids of a split's images, addressed by image row."""
+
+    def read(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Float grids (U, ...) of the image rows and their validity mask (U, ...) or None."""
+        ...
+
+
+class InMemoryGrids:
+    """Grids held in one tensor (U, h, w, C), e.g. a frozen encoder's output computed once."""
+
+    def __init__(self, grids: torch.Tensor) -> None:
+        self.grids = grids
+
+    def read(self, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.grids[rows], None
+
+
 @dataclass
 class EncodedSplit:
     """A split as tensors. Row i of every tensor is record i."""
@@ -29,11 +48,12 @@ class EncodedSplit:
     name: str
     records: list[VQARecord]
     tokens: torch.Tensor                 # (N, T) int64, pad 0
-    image_rows: torch.Tensor             # (N,) int64 row in `images`
-    images: ImageTable
+    image_keys: list[str]                # the U distinct images, sorted; image row -> key
+    image_rows: torch.Tensor             # (N,) int64 image row of each record
+    images: ImageTable | None            # pixels by image row; None when grids are precomputed
     target_index: torch.Tensor | None    # (N, 10) int64 answer ids, -1 = none; None without answers
     target_score: torch.Tensor | None    # (N, 10) float soft scores
-    features: torch.Tensor | None = None  # (U, h, w, C) precomputed grids of a frozen encoder
+    grids: GridSource | None = None      # precomputed grids by image row (stores, frozen encoder)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,21 +81,25 @@ def encode_split(
     image_size: int,
     cache_images: bool,
     image_cache_gb: float = 4.0,
+    with_images: bool = True,
 ) -> EncodedSplit:
-    """Encode questions, targets and the image table of one split.
+    """Encode questions, targets and (unless `with_images` is False) the image table.
 
     Images are decoded once into memory when `cache_images` is set and they fit in
-    `image_cache_gb`; otherwise they are decoded batch by batch.
+    `image_cache_gb`; otherwise they are decoded batch by batch. Without images the
+    caller attaches precomputed ``grids``.
     """
     keys = sorted({r.image_key for r in split.records})
     row_of = {key: i for i, key in enumerate(keys)}
-    cache_gb = len(keys) * 3 * image_size * image_size / 2**30
-    if cache_images and cache_gb > image_cache_gb:
-        log.info("split %s: %d images would take %.1f GB decoded (limit data.image_cache_gb=%g); "
-                 "decoding them batch by batch instead", split.name, len(keys), cache_gb,
-                 image_cache_gb)
-        cache_images = False
-    images = ImageTable([split.image_path(k) for k in keys], image_size, cache_images)
+    images = None
+    if with_images:
+        cache_gb = len(keys) * 3 * image_size * image_size / 2**30
+        if cache_images and cache_gb > image_cache_gb:
+            log.info("split %s: %d images would take %.1f GB decoded (limit "
+                     "data.image_cache_gb=%g); decoding them batch by batch instead",
+                     split.name, len(keys), cache_gb, image_cache_gb)
+            cache_images = False
+        images = ImageTable([split.image_path(k) for k in keys], image_size, cache_images)
     target_index = target_score = None
     if split.has_answers:
         target_index, target_score = encode_targets(split.records, answer_vocab)
@@ -83,6 +107,7 @@ def encode_split(
         name=split.name,
         records=split.records,
         tokens=encode_questions(split, word_vocab, max_len),
+        image_keys=keys,
         image_rows=torch.tensor([row_of[r.image_key] for r in split.records], dtype=torch.long),
         images=images,
         target_index=target_index,
@@ -93,9 +118,10 @@ def encode_split(
 class BatchDataset(Dataset):
     """Indexed by a list of record rows; returns the whole batch as a dict of tensors.
 
-    Keys: ``rows`` (B,), ``tokens`` (B, T), and either ``grid`` (B, h, w, C) when the split
-    holds precomputed features, or ``pixels`` (U, 3, S, S) uint8 for the U distinct images
-    of the batch with ``image_index`` (B,) into them; ``target`` (B, K) when answers exist.
+    Keys: ``rows`` (B,), ``tokens`` (B, T), ``image_index`` (B,) into the U distinct images
+    of the batch, and either ``grid`` (U, ...) float (plus ``grid_mask`` (U, ...) when the
+    source pads) when the split has precomputed grids, or ``pixels`` (U, 3, S, S) uint8;
+    ``target`` (B, K) when answers exist.
     """
 
     def __init__(self, split: EncodedSplit, num_answers: int) -> None:
@@ -109,13 +135,14 @@ class BatchDataset(Dataset):
         s = self.split
         rows_t = torch.as_tensor(rows, dtype=torch.long)
         image_rows = s.image_rows[rows_t]
-        batch = {"rows": rows_t, "tokens": s.tokens[rows_t]}
-        if s.features is not None:
-            batch["grid"] = s.features[image_rows]
+        unique, inverse = torch.unique(image_rows, return_inverse=True)
+        batch = {"rows": rows_t, "tokens": s.tokens[rows_t], "image_index": inverse}
+        if s.grids is not None:
+            batch["grid"], mask = s.grids.read(unique)
+            if mask is not None:
+                batch["grid_mask"] = mask
         else:
-            unique, inverse = torch.unique(image_rows, return_inverse=True)
             batch["pixels"] = s.images.pixels(unique)
-            batch["image_index"] = inverse
         if s.target_index is not None:
             batch["target"] = dense_targets(
                 s.target_index[rows_t], s.target_score[rows_t], self.num_answers

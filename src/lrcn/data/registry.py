@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.records import VQASplit
+from lrcn.data.vizwiz import read_vizwiz
 from lrcn.data.vqa2 import read_vqa2
 from lrcn.errors import LrcnError
 
@@ -53,11 +54,42 @@ def dataset_names() -> list[str]:
     return sorted(_DATASETS)
 
 
-def load_split(name: str, root: str | Path | None, split: str) -> VQASplit:
-    """Read one split of a registered dataset."""
+def load_split(
+    name: str, root: str | Path | None, split: str, cache: dict[str, VQASplit] | None = None
+) -> VQASplit:
+    """Read a split of a registered dataset, or several joined by ``+``.
+
+    ``train2014+val2014+vg`` is the records of the three splits in that order, as one split
+    (they must share an image root, and no question id may occur twice). Pass a ``cache``
+    dict to read each part once when several combinations share it.
+    """
     if name not in _DATASETS:
         raise LrcnError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    return _DATASETS[name](None if root is None else str(root), split)
+    parts = split.split("+")
+    if any(not p for p in parts) or len(set(parts)) != len(parts):
+        raise LrcnError(f"split {split!r}: expected distinct split names joined by '+'")
+    cache = {} if cache is None else cache
+    for part in parts:
+        if part not in cache:
+            cache[part] = _DATASETS[name](None if root is None else str(root), part)
+    if len(parts) == 1:
+        return cache[split]
+    return _join_splits(split, [cache[p] for p in parts])
+
+
+def _join_splits(name: str, splits: list[VQASplit]) -> VQASplit:
+    first_split: dict[object, str] = {}
+    for s in splits:
+        if s.image_root != splits[0].image_root:
+            raise LrcnError(f"split {name}: parts have different image roots "
+                            f"({splits[0].image_root}, {s.image_root}); they cannot be joined")
+        for record in s.records:
+            seen = first_split.setdefault(record.question_id, s.name)
+            if seen != s.name:
+                raise LrcnError(f"split {name}: question_id {record.question_id!r} is in both "
+                                f"{seen} and {s.name}")
+    records = [r for s in splits for r in s.records]
+    return VQASplit(name=name, records=records, image_root=splits[0].image_root)
 
 
 @register_dataset("easyvqa", train_split="train", val_split="test")
@@ -75,3 +107,13 @@ def _load_vqa2(root: str | None, split: str) -> VQASplit:
             "VQA-v2 question/annotation JSON files and the COCO image folders"
         )
     return read_vqa2(root, split)
+
+
+@register_dataset("vizwiz", train_split="train", val_split="val")
+def _load_vizwiz(root: str | None, split: str) -> VQASplit:
+    if root is None:
+        raise LrcnError(
+            "dataset vizwiz needs a data root (data.data_root): the folder holding "
+            "Annotations/<split>.json and the train/val/test image folders"
+        )
+    return read_vizwiz(root, split)

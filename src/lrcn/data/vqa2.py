@@ -7,7 +7,10 @@ Layout under the dataset root (the files as downloaded, no renaming):
   ``<root>/Questions``, ``<root>/questions``, ``<root>/Annotations``,
   ``<root>/annotations`` (the first folder holding it wins);
 * COCO images ``<root>/<image_dir>/COCO_<image_dir>_<image_id:012d>.jpg`` where
-  ``image_dir`` is the split, except ``test-dev2015`` whose images are in ``test2015``.
+  ``image_dir`` is the split, except ``test-dev2015`` whose images are in ``test2015``;
+* the Visual Genome QA augmentation as openvqa/TRAR distribute it, split ``vg``:
+  ``VG_questions.json`` and ``VG_annotations.json`` in the same two formats, about COCO
+  images (VG ids are COCO ids of train2014 or val2014 images).
 
 Images are not opened while reading (443k questions); ``check_images`` checks them.
 """
@@ -22,7 +25,8 @@ from lrcn.data.json_records import check_record, iter_unique_records
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.errors import LrcnError
 
-VQA2_SPLITS = ("train2014", "val2014", "test2015", "test-dev2015")
+VQA2_SPLITS = ("train2014", "val2014", "test2015", "test-dev2015", "vg")
+VG_SPLIT = "vg"
 SPLITS_WITHOUT_ANSWERS = frozenset({"test2015", "test-dev2015"})
 ANSWER_TYPES = frozenset({"yes/no", "number", "other"})
 JSON_DIRS = ("", "Questions", "questions", "Annotations", "annotations")
@@ -33,14 +37,17 @@ ANNOTATION_KEYS = {
     "question_id": int, "image_id": int, "answer_type": str,
     "multiple_choice_answer": str, "answers": list,
 }
+# The VG files are converted from Visual Genome's one answer per question: answer_type may be
+# absent and there may be fewer than ten answers (usually the one answer, repeated).
+VG_ANNOTATION_KEYS = {k: v for k, v in ANNOTATION_KEYS.items() if k != "answer_type"}
 
 
 def questions_filename(split: str) -> str:
-    return f"v2_OpenEnded_mscoco_{split}_questions.json"
+    return "VG_questions.json" if split == VG_SPLIT else f"v2_OpenEnded_mscoco_{split}_questions.json"
 
 
 def annotations_filename(split: str) -> str:
-    return f"v2_mscoco_{split}_annotations.json"
+    return "VG_annotations.json" if split == VG_SPLIT else f"v2_mscoco_{split}_annotations.json"
 
 
 def image_dir(split: str) -> str:
@@ -72,23 +79,49 @@ def read_vqa2(root: str | Path, split: str) -> VQASplit:
     annotations = None
     if split not in SPLITS_WITHOUT_ANSWERS:
         a_path = _find_json(root, annotations_filename(split))
-        annotations = read_annotations_file(a_path)
+        annotations = read_annotations_file(a_path, vg=split == VG_SPLIT)
         _check_pairing(questions, annotations, q_path, a_path)
+    image_dirs = _coco_image_dirs(root, questions, q_path) if split == VG_SPLIT else None
 
     records = []
     for qid, q in questions.items():
         a = annotations[qid] if annotations is not None else None
+        folder = image_dirs[q["image_id"]] if image_dirs is not None else split
         records.append(
             VQARecord(
                 question_id=qid,
-                image_key=image_key(split, q["image_id"]),
+                image_key=image_key(folder, q["image_id"]),
                 question=q["question"],
                 answers=tuple(x["answer"] for x in a["answers"]) if a else None,
-                answer_type=a["answer_type"] if a else None,
+                answer_type=a.get("answer_type") if a else None,
                 multiple_choice_answer=a["multiple_choice_answer"] if a else None,
             )
         )
     return VQASplit(name=split, records=records, image_root=root)
+
+
+def _coco_image_dirs(
+    root: Path, questions: dict[int, dict[str, Any]], q_path: Path
+) -> dict[int, str]:
+    """For VG questions: image id -> the COCO folder (train2014 or val2014) holding it.
+
+    VQA-v2's train and val questions cover every COCO 2014 image, so their question files
+    (read for image ids only) say where each image lives, with or without the image folders.
+    """
+    folder_of: dict[int, str] = {}
+    for split in ("train2014", "val2014"):
+        for q in read_questions_file(_find_json(root, questions_filename(split))).values():
+            folder_of.setdefault(q["image_id"], split)
+    out = {}
+    for qid, q in questions.items():
+        folder = folder_of.get(q["image_id"])
+        if folder is None:
+            raise LrcnError(
+                f"{q_path}: question_id {qid}: image_id {q['image_id']} is not a COCO "
+                "train2014 or val2014 image (it is in neither VQA-v2 questions file)"
+            )
+        out[q["image_id"]] = folder
+    return out
 
 
 def check_images(split: VQASplit, show: int = 5) -> None:
@@ -138,23 +171,31 @@ def read_questions_file(path: str | os.PathLike[str]) -> dict[int, dict[str, Any
     return {q["question_id"]: q for _, q in records}
 
 
-def read_annotations_file(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+def read_annotations_file(
+    path: str | os.PathLike[str], vg: bool = False
+) -> dict[int, dict[str, Any]]:
     """Read an official VQA annotation file: question id -> annotation record, in file order.
 
     Each annotation needs the keys of ``ANNOTATION_KEYS`` with their types, a unique
     ``question_id``, ten ``answers`` objects with a string ``answer`` and an
     ``answer_type`` of yes/no, number or other. Raises LrcnError naming the file and
-    record otherwise.
+    record otherwise. With ``vg`` (``VG_annotations.json``), ``answer_type`` is optional
+    and one to ten answers are accepted.
     """
     path = Path(path)
     out: dict[int, dict[str, Any]] = {}
-    for where, a in iter_unique_records(path, "annotations", "annotation", ANNOTATION_KEYS):
+    keys = VG_ANNOTATION_KEYS if vg else ANNOTATION_KEYS
+    for where, a in iter_unique_records(path, "annotations", "annotation", keys):
         answers = a["answers"]
-        if len(answers) != NUM_ANSWERS:
-            raise LrcnError(f"{path}: {where}: has {len(answers)} answers, expected {NUM_ANSWERS}")
+        if not (0 < len(answers) <= NUM_ANSWERS if vg else len(answers) == NUM_ANSWERS):
+            expected = f"1 to {NUM_ANSWERS}" if vg else str(NUM_ANSWERS)
+            raise LrcnError(f"{path}: {where}: has {len(answers)} answers, expected {expected}")
         for j, ans in enumerate(answers):
             check_record(path, ans, f"{where}: answers[{j}]", {"answer": str})
-        if a["answer_type"] not in ANSWER_TYPES:
+        answer_type = a.get("answer_type")
+        if (answer_type is not None or not vg) and (
+            not isinstance(answer_type, str) or answer_type not in ANSWER_TYPES
+        ):
             raise LrcnError(
                 f"{path}: {where}: answer_type {a['answer_type']!r} is not one of "
                 f"{', '.join(sorted(ANSWER_TYPES))}"

@@ -8,10 +8,8 @@ which refuses anything that would need unpickling arbitrary objects.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from lrcn.config import RunConfig, config_from_dict, config_to_dict
 from lrcn.data.answers import AnswerVocab
 from lrcn.data.text import WordVocab
 from lrcn.errors import LrcnError
+from lrcn.fileio import atomic_write
 
 FORMAT = "lrcn-checkpoint"
 VERSION = 1
@@ -37,24 +36,6 @@ class Checkpoint:
     epoch: int
     metrics: dict[str, Any]
     optimizer_state: dict[str, Any] | None = None
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside `path`, then rename it over.
-
-    A reader sees the old file or the complete new one, never a half-written one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

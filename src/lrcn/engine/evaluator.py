@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lrcn.data.records import VQARecord
-from lrcn.engine.checkpoint import atomic_write
+from lrcn.fileio import atomic_write
 from lrcn.errors import LrcnError
 from lrcn.evaluation.vqa_accuracy import aggregate, question_accuracy
 

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from lrcn.config import DataConfig
 from lrcn.data.answers import AnswerVocab
-from lrcn.data.batches import EncodedSplit, batch_loader, encode_split, iterate_images
+from lrcn.data.batches import (EncodedSplit, InMemoryGrids, batch_loader, encode_split,
+                                iterate_images)
 from lrcn.data.images import ImageTable, normalize
 from lrcn.data.records import VQASplit
 from lrcn.data.text import WordVocab
@@ -31,12 +32,14 @@ def resolve_device(name: str) -> torch.device:
 
 def model_inputs(model: VQAModel, batch: dict[str, torch.Tensor], device: torch.device) -> dict:
     """The keyword arguments of ``model(...)`` for a batch from `BatchDataset`."""
-    inputs = {"tokens": batch["tokens"].to(device, non_blocking=True)}
+    image_index = batch["image_index"].to(device, non_blocking=True)
+    inputs = {"tokens": batch["tokens"].to(device, non_blocking=True), "image_index": image_index}
     if "grid" in batch:
         inputs["grid"] = batch["grid"].to(device, non_blocking=True)
+        if "grid_mask" in batch:  # (U, ...) -> one mask per question (B, ...)
+            inputs["grid_mask"] = batch["grid_mask"].to(device, non_blocking=True)[image_index]
     else:
         inputs["images"] = normalize(batch["pixels"].to(device, non_blocking=True))
-        inputs["image_index"] = batch["image_index"].to(device, non_blocking=True)
     return inputs
 
 
@@ -58,12 +61,30 @@ def uses_frozen_encoder(model: VQAModel) -> bool:
 
 def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: AnswerVocab,
                      data_cfg: DataConfig, model: VQAModel, device: torch.device) -> EncodedSplit:
-    """Encode a split as `model` reads it; a frozen encoder's grids are computed here, once."""
+    """Encode a split as `model` reads it.
+
+    A model without an image encoder reads grids from the feature stores of
+    ``data_cfg.features`` (no image is opened); a frozen encoder's grids are computed here,
+    once, and the pixels dropped; a trained encoder gets pixels batch by batch.
+    """
+    from lrcn.features.grids import StoreGrids, open_stores
+
     d = data_cfg
+    from_stores = model.encoder is None
     encoded = encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
-                           d.image_size, d.cache_images, d.image_cache_gb)
-    if uses_frozen_encoder(model):
-        encoded.features = precompute_grids(model, encoded.images, device)
+                           d.image_size, d.cache_images, d.image_cache_gb,
+                           with_images=not from_stores)
+    if from_stores:
+        grids = StoreGrids(open_stores(d.features), encoded.image_keys, f"split {split.name}")
+        if grids.channels != model.net.grid_channels:
+            raise LrcnError(
+                f"split {split.name}: the feature stores hold {grids.channels}-channel grids, "
+                f"the model reads {model.net.grid_channels} channels"
+            )
+        encoded.grids = grids
+    elif uses_frozen_encoder(model):
+        encoded.grids = InMemoryGrids(precompute_grids(model, encoded.images, device))
+        encoded.images = None
     return encoded
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -15,18 +16,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lrcn.config import RunConfig, save_config
-from lrcn.data import AnswerVocab, WordVocab, load_glove, load_split
+from lrcn.config import RunConfig, TrainConfig, save_config
+from lrcn.data import AnswerVocab, WordVocab, load_split
+from lrcn.data.glove import cached_glove
 from lrcn.data.batches import EncodedSplit, batch_loader
 from lrcn.data.records import VQASplit
-from lrcn.engine.checkpoint import Checkpoint, atomic_write, save_checkpoint
+from lrcn.engine.checkpoint import Checkpoint, save_checkpoint
+from lrcn.fileio import atomic_write
 from lrcn.engine.curves import plot_curves
 from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
 from lrcn.engine.schedule import lr_factor
 from lrcn.errors import LrcnError
+from lrcn.features.grids import open_stores
 from lrcn.models import VQAModel, create_model
 
 log = logging.getLogger(__name__)
+
+GLOVE_CACHE_DIR = ".glove_cache"  # beside the run folders: runs/.glove_cache/
 
 
 def seed_everything(seed: int) -> None:
@@ -40,34 +46,59 @@ class RunData:
     """The splits of a run and what is built from them before the model exists."""
 
     train: VQASplit
-    val: VQASplit
+    val: VQASplit | None
     word_vocab: WordVocab
     answer_vocab: AnswerVocab
     word_vectors: torch.Tensor | None
+    glove_coverage: float | None = None
 
 
-def prepare_data(cfg: RunConfig) -> RunData:
-    """Read both splits and build the vocabularies (and GloVe vectors) from training."""
+def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
+    """Read the splits, build the vocabularies (and GloVe vectors), check feature stores.
+
+    The answer vocabulary comes from ``data.answer_vocab_splits`` when set (MCAN/TRAR/LRCN:
+    train2014+val2014 with answer_min_count 9), else from the training split. A model that
+    reads feature stores takes its input channel count from them.
+    """
     d = cfg.data
-    train_split = load_split(d.dataset, d.data_root, d.train_split)
-    val_split = load_split(d.dataset, d.data_root, d.val_split)
-    train_split.records = train_split.records[: d.train_limit]
-    val_split.records = val_split.records[: d.val_limit]
+    parts: dict[str, VQASplit] = {}  # each split file is read once, whatever combinations use it
+    train_split = load_split(d.dataset, d.data_root, d.train_split, parts)
+    val_split = load_split(d.dataset, d.data_root, d.val_split, parts) if d.val_split else None
+    # New split objects: the cached parts may be shared with the vocabulary's splits.
+    train_split = dataclasses.replace(train_split, records=train_split.records[: d.train_limit])
+    if val_split is not None:
+        val_split = dataclasses.replace(val_split, records=val_split.records[: d.val_limit])
+        if set(d.val_split.split("+")) & set(d.train_split.split("+")):
+            log.warning("the validation split %s overlaps the training split %s: its accuracy "
+                        "says nothing about unseen data", d.val_split, d.train_split)
     if not train_split.has_answers:
         raise LrcnError(f"training split {d.train_split!r} has no answers")
+    if d.answer_vocab_splits and d.answer_vocab_splits != d.train_split:
+        vocab_records = load_split(d.dataset, d.data_root, d.answer_vocab_splits, parts).records
+    else:
+        vocab_records = train_split.records
     word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
-    answer_vocab = AnswerVocab.build(train_split.records, d.answer_min_count, d.answer_max_size)
-    word_vectors = None
+    answer_vocab = AnswerVocab.build(vocab_records, d.answer_min_count, d.answer_max_size)
+    word_vectors = coverage = None
     if d.glove:
-        word_vectors, coverage = load_glove(d.glove, word_vocab)
+        word_vectors, coverage = cached_glove(d.glove, word_vocab, glove_cache)
         if word_vectors.shape[1] != cfg.model.word_dim:
             log.info("word_dim set to %d, the size of the GloVe vectors", word_vectors.shape[1])
             cfg.model.word_dim = word_vectors.shape[1]
         log.info("GloVe %s covers %.1f%% of %d words", d.glove, 100 * coverage, len(word_vocab) - 2)
-    log.info("%s: %d questions, %s: %d questions; %d words, %d answers",
-             train_split.name, len(train_split.records), val_split.name,
-             len(val_split.records), len(word_vocab), len(answer_vocab))
-    return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors)
+    if cfg.model.image_encoder == "features":
+        channels = open_stores(d.features)[0].channels
+        if channels != cfg.model.feature_channels:
+            log.info("model.feature_channels set to %d, the channels of the feature stores", channels)
+            cfg.model.feature_channels = channels
+    elif d.features:
+        raise LrcnError("data.features is set but model.image_encoder is "
+                        f"{cfg.model.image_encoder!r}; set model.image_encoder: features")
+    log.info("%s: %d questions, %s: %s questions; %d words, %d answers (from %s)",
+             train_split.name, len(train_split.records), d.val_split,
+             len(val_split.records) if val_split else "no", len(word_vocab), len(answer_vocab),
+             d.answer_vocab_splits or d.train_split)
+    return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors, coverage)
 
 
 def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim.Optimizer,
@@ -81,19 +112,32 @@ def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=None, leave=False)
     for batch in bar:
-        logits = model(**model_inputs(model, batch, device))
-        target = batch["target"].to(device, non_blocking=True)
-        # BCE on logits with sum reduction, as the paper (and MCAN/TRAR) train.
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        total += loss.item()
-        count += target.shape[0]
+        total += train_step(model, batch, optimizer, device, t.grad_clip)
+        count += batch["tokens"].shape[0]
         bar.set_postfix(loss=f"{total / count:.3f}")
     return total / max(count, 1)
+
+
+def make_optimizer(model: VQAModel, t: TrainConfig) -> torch.optim.Optimizer:
+    """The paper's Adam over the trainable parameters (lr is set per epoch by the schedule)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(trainable, lr=t.lr, betas=t.betas, eps=t.eps,
+                            weight_decay=t.weight_decay)
+
+
+def train_step(model: VQAModel, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               device: torch.device, grad_clip: float | None = None) -> float:
+    """One optimiser step on a batch from `batch_loader`; returns the summed loss."""
+    logits = model(**model_inputs(model, batch, device))
+    target = batch["target"].to(device, non_blocking=True)
+    # BCE on logits with sum reduction, as the paper (and MCAN/TRAR) train.
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
 
 
 def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -105,23 +149,23 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         raise LrcnError(f"{out_dir} already holds a training run; choose another --out")
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR)
     num_answers = len(data.answer_vocab)
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
              cfg.model.variant, model.net.num_parameters() / 1e6)
     train_split = encode_for_model(data.train, data.word_vocab, data.answer_vocab, cfg.data,
                                    model, device)
-    val_split = encode_for_model(data.val, data.word_vocab, data.answer_vocab, cfg.data,
-                                 model, device)
+    val_split = None
+    if data.val is not None:
+        val_split = encode_for_model(data.val, data.word_vocab, data.answer_vocab, cfg.data,
+                                     model, device)
     # The run folder is made only once the data and model are known to be good.
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
 
     t = cfg.train
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=t.lr, betas=t.betas, eps=t.eps,
-                                 weight_decay=t.weight_decay)
+    optimizer = make_optimizer(model, t)
     ckpt_dir = out_dir / "checkpoints"
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -133,8 +177,12 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         start = time.perf_counter()
         train_loss = train_one_epoch(model, train_split, optimizer, cfg, epoch, device, num_answers)
         train_time = time.perf_counter() - start
-        evaluator = predict_split(model, val_split, data.answer_vocab, t.eval_batch_size, device)
-        val = evaluator.evaluate() if val_split.target_index is not None else {}
+        val = {}
+        if val_split is not None:
+            evaluator = predict_split(model, val_split, data.answer_vocab, t.eval_batch_size,
+                                      device)
+            if val_split.target_index is not None:
+                val = evaluator.evaluate()
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                  "train_seconds": round(train_time, 2),
                  "eval_seconds": round(time.perf_counter() - start - train_time, 2), "val": val}
@@ -153,6 +201,8 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 
     summary = {"run_dir": str(out_dir), "epochs": t.epochs, "best_epoch": best["epoch"] + 1,
                "train_loss": history[-1]["train_loss"]}
+    if data.glove_coverage is not None:
+        summary["glove_coverage"] = round(100 * data.glove_coverage, 2)
     summary.update(best["val"])
     return summary
 
