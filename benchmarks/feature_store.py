@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,6 @@ import numpy as np
 import torch
 
 from lrcn.config import ModelConfig, TrainConfig, load_config
-from lrcn.data.answers import AnswerVocab
 from lrcn.data.batches import EncodedSplit, batch_loader
 from lrcn.data.records import VQARecord
 from lrcn.engine.trainer import make_optimizer, train_step
@@ -134,6 +132,15 @@ def model_throughput(store_path: Path, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Unlike ru_maxrss it starts afresh at exec, so
+    it does not include the RSS of the parent this process was forked from."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("no VmHWM in /proc/self/status (Linux only)")
+
+
 def child(args: argparse.Namespace) -> None:
     """A training process: question index + store + model, `--steps` optimiser steps."""
     store_path = Path(args.store)
@@ -143,7 +150,7 @@ def child(args: argparse.Namespace) -> None:
     model = create_model(model_config(args.rss_model), VOCAB, NUM_ANSWERS)
     optimizer = make_optimizer(model, TrainConfig())
     device = torch.device("cpu")
-    rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_setup = peak_rss_mb()
     model.train()
     start, steps = time.perf_counter(), 0
     for batch in batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=3):
@@ -152,22 +159,18 @@ def child(args: argparse.Namespace) -> None:
         if steps == args.steps:
             break
     print(json.dumps({"steps": steps, "seconds": round(time.perf_counter() - start, 1),
-                      "peak_rss_after_setup_mb": round(rss_setup, 1)}))
+                      "peak_rss_after_setup_mb": round(rss_setup, 1),
+                      "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
 def run_child(store: Path, args: argparse.Namespace) -> dict:
-    """Run `child` in a fresh process; its peak RSS comes from the kernel via wait4."""
+    """Run `child` in a fresh process and return what it measured."""
     cmd = [sys.executable, __file__, "--child", "--store", str(store), "--steps", str(args.steps),
            "--questions", str(args.questions), "--rss-model", args.rss_model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child training process failed with exit code {proc.returncode}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
-    return result
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

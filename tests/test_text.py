@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrcn.data.glove import cached_glove, load_glove
+from lrcn.data.glove import load_glove
 from lrcn.data.text import PAD_INDEX, UNK_INDEX, WordVocab, tokenize
 from lrcn.errors import LrcnError
 

@@ -1,0 +1,29 @@
+"""Image features on disk: one memory-mapped store per dataset, built from published per-image
+files (``import_features``) or from images with a frozen trunk (``extract_features``).
+
+The names below load on first use, so ``lrcn`` (which imports ``lrcn.features.commands`` to
+build its parser) starts without numpy or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FeatureStore": "lrcn.features.store",
+    "StoreWriter": "lrcn.features.store",
+    "image_stem": "lrcn.features.store",
+    "partial_path": "lrcn.features.store",
+    "FORMATS": "lrcn.features.formats",
+    "import_features": "lrcn.features.formats",
+    "extract_features": "lrcn.features.extract",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lrcn.features' has no attribute {name!r}")

@@ -1,0 +1,95 @@
+"""``lrcn features import|extract|info|verify``: build and check feature stores.
+
+Only argparse at import: ``lrcn`` builds every parser on every call, and numpy/torch load
+inside ``run_features`` when a features command actually runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAMES = ("trar", "gridfeats", "openvqa")  # = lrcn.features.formats.FORMATS (tested)
+DTYPE_NAMES = ("float16", "float32")
+
+
+def add_features_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``features`` and its actions to the ``lrcn`` subcommands."""
+    p = sub.add_parser("features", help="build and check grid-feature stores",
+                       description="Pack image features into one memory-mapped store.")
+    actions = p.add_subparsers(dest="features_command", required=True, metavar="ACTION")
+
+    a = actions.add_parser("import", help="pack published per-image feature files into a store")
+    a.add_argument("--format", required=True, choices=FORMAT_NAMES,
+                   help="trar: (H, W, C) .npy grids; gridfeats: (1, C, H, W) .pth tensors; "
+                        "openvqa: bottom-up .npz regions")
+    a.add_argument("--src", required=True, help="folder of per-image files (searched recursively)")
+    a.add_argument("--out", required=True, help="store folder to create (must not exist)")
+    a.add_argument("--dtype", choices=DTYPE_NAMES, default="float16")
+    a.add_argument("--channels", type=int, default=2048, help="feature channels C")
+    a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    a = actions.add_parser("extract", help="extract C5 grids of a torchvision trunk from images")
+    a.add_argument("--images", required=True, help="image folder (.jpg/.jpeg/.png, recursive)")
+    a.add_argument("--backbone", required=True,
+                   help="resnet50, resnet101, resnet152, resnext50_32x4d or resnext101_32x8d")
+    a.add_argument("--weights", help="torchvision state dict of the backbone")
+    a.add_argument("--out", required=True, help="store folder to create (must not exist)")
+    a.add_argument("--image-size", type=int, default=512,
+                   help="images are resized to N x N; the grid is N/32 x N/32")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    a.add_argument("--dtype", choices=DTYPE_NAMES, default="float16")
+    a.add_argument("--random-weights", action="store_true",
+                   help="no weights file: random features, for tests only")
+    a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    for name, text in (("info", "describe a store (checks sizes, does not hash)"),
+                       ("verify", "check every file of a store against its sha256")):
+        a = actions.add_parser(name, help=text)
+        a.add_argument("store", help="store folder")
+        a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+
+def run_features(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one features action; returns a JSON-safe summary of the resulting store."""
+    from lrcn.features.store import FeatureStore
+
+    started = time.perf_counter()
+    action = args.features_command
+    if action == "import":
+        from lrcn.features.formats import import_features
+
+        store = import_features(args.format, Path(args.src), Path(args.out), args.dtype,
+                                args.channels)
+    elif action == "extract":
+        from lrcn.features.extract import extract_features
+
+        store = extract_features(args.images, args.backbone, args.weights, args.out,
+                                 args.image_size, args.batch_size, args.random_weights,
+                                 args.device, args.dtype)
+    else:
+        store = FeatureStore.open(args.store)
+        if action == "verify":
+            store.verify()
+            log.info("%s: every file matches its sha256", store.path)
+    with store:
+        log.info("%s: %d items, %s %s %s%s", store.path, store.count, store.layout,
+                 tuple(store.item_shape), store.dtype, ", with mask" if store.has_mask else "")
+        return {
+            "action": action,
+            "store": str(store.path),
+            "count": store.count,
+            "layout": store.layout,
+            "item_shape": list(store.item_shape),
+            "dtype": store.dtype,
+            "has_mask": store.has_mask,
+            "source": store.source,
+            "verified": action == "verify",
+            "seconds": round(time.perf_counter() - started, 3),
+        }

@@ -1,0 +1,529 @@
+"""A grid-feature store: one folder of image features that training reads through a memory map.
+
+Layout of a store folder::
+
+    features.npy   (N, *item_shape) float16 or float32; item_shape is (H, W, C) for layout
+                   "grid" or (R, C) for layout "regions"
+    mask.npy       (N, *item_shape[:-1]) bool, True = a real cell/region (only when padded)
+    keys.json      the N image keys in row order, unique
+    meta.json      format version, count, layout, item_shape, dtype, has_mask, source (what made
+                   the store) and the sha256 of every file above; written last
+
+A store is built in the sibling folder ``STORE.partial`` and renamed to ``STORE`` only once
+complete, so a folder named ``STORE`` is never half-written. Opening checks sizes and shapes
+(cheap); ``verify`` hashes every byte (minutes at 50 GB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import mmap
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap, read_array_header_1_0, read_array_header_2_0, read_magic
+from tqdm import tqdm
+
+from lrcn.fileio import atomic_write
+from lrcn.errors import LrcnError
+
+FORMAT_VERSION = 1
+LAYOUTS = {"grid": 3, "regions": 2}  # layout -> len(item_shape)
+DTYPES = ("float16", "float32")
+STEM_EXTENSIONS = (".npy", ".npz", ".pth", ".pt", ".jpg", ".jpeg", ".png")
+PROGRESS_FILE = "progress.json"  # an extraction's resume point inside STORE.partial
+_HASH_CHUNK = 8 << 20
+
+
+def image_stem(key: str) -> str:
+    """The file name of `key` without its directory and known extensions, stripped repeatedly.
+
+    ``train2014/COCO_train2014_000000000009.jpg`` and ``COCO_train2014_000000000009.jpg.npy``
+    both give ``COCO_train2014_000000000009``, so keys from a feature dump and from a
+    dataset's image paths meet.
+    """
+    name = key.rsplit("/", 1)[-1]
+    stripped = True
+    while stripped:
+        stripped = False
+        for ext in STEM_EXTENSIONS:
+            if name.lower().endswith(ext) and len(name) > len(ext):
+                name, stripped = name[: -len(ext)], True
+    return name
+
+
+def _trailing_id(stem: str) -> int | None:
+    """The number after the last underscore of a stem (COCO and VizWiz names), if any."""
+    tail = stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def partial_path(out: str | Path) -> Path:
+    """The folder a store is built in before it is renamed to `out`."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def read_npy_header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, fortran_order, data offset) of the .npy file open as `f`, data unread."""
+    try:
+        version = read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError) as exc:
+        raise LrcnError(f"{path}: not a readable .npy file ({exc})") from None
+    return tuple(shape), dtype, fortran_order, f.tell()
+
+
+def check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Check that `path` holds a C-ordered `dtype` array of `shape`, all bytes present.
+
+    Returns the data offset. A truncated file (an interrupted copy) fails here, naming the
+    file and the expected and actual byte counts, instead of reading zeros or crashing later.
+    """
+    if not path.is_file():
+        raise LrcnError(f"{path}: file missing from the feature store")
+    with open(path, "rb") as f:
+        file_shape, file_dtype, fortran_order, offset = read_npy_header(f, path)
+    if file_shape != shape or file_dtype != dtype or fortran_order:
+        raise LrcnError(
+            f"{path}: holds {file_dtype} {file_shape}{' (Fortran order)' if fortran_order else ''}, "
+            f"meta.json says {dtype} {shape}"
+        )
+    expected = offset + math.prod(shape) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise LrcnError(
+            f"{path}: {actual} bytes, expected {expected} for {dtype} {shape}; the file is "
+            f"{'truncated' if actual < expected else 'longer than its header says'}"
+        )
+    return offset
+
+
+def sha256_file(path: Path, progress: tqdm | None = None) -> str:
+    """Hex sha256 of a file, read in chunks so a 50 GB file never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _hash_files(paths: dict[str, Path | None]) -> dict[str, str | None]:
+    total = sum(p.stat().st_size for p in paths.values() if p is not None)
+    with tqdm(total=total, desc="sha256", unit="B", unit_scale=True, disable=None,
+              leave=False) as bar:
+        return {name: None if p is None else sha256_file(p, bar) for name, p in paths.items()}
+
+
+# --------------------------------------------------------------------------- reading
+
+def _check_meta(meta: Any, path: Path) -> None:
+    """Fail naming `path` and the first field that is missing or of the wrong kind."""
+    if not isinstance(meta, dict):
+        raise LrcnError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    fields = {"format_version": int, "count": int, "layout": str, "item_shape": list,
+              "dtype": str, "has_mask": bool, "source": dict, "checksum": dict}
+    for name, kind in fields.items():
+        if name not in meta:
+            raise LrcnError(f"{path}: missing field {name!r}")
+        value = meta[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise LrcnError(f"{path}: field {name!r} must be {kind.__name__}, got {value!r}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise LrcnError(f"{path}: format_version {meta['format_version']} is not supported "
+                        f"(this lrcn reads version {FORMAT_VERSION})")
+    if meta["count"] < 0:
+        raise LrcnError(f"{path}: count must be >= 0, got {meta['count']}")
+    if meta["layout"] not in LAYOUTS:
+        raise LrcnError(f"{path}: layout must be one of {', '.join(LAYOUTS)}, got {meta['layout']!r}")
+    shape = meta["item_shape"]
+    if (len(shape) != LAYOUTS[meta["layout"]]
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise LrcnError(f"{path}: item_shape {shape} is not {LAYOUTS[meta['layout']]} positive "
+                        f"integers, as layout {meta['layout']!r} needs")
+    if meta["dtype"] not in DTYPES:
+        raise LrcnError(f"{path}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}")
+    checksum = meta["checksum"]
+    if checksum.get("algorithm") != "sha256":
+        raise LrcnError(f"{path}: checksum.algorithm must be 'sha256', got {checksum.get('algorithm')!r}")
+    for name in ("features", "keys", "mask"):
+        expect_hex = name != "mask" or meta["has_mask"]
+        value = checksum.get(name)
+        if expect_hex and not (isinstance(value, str) and len(value) == 64):
+            raise LrcnError(f"{path}: checksum.{name} must be a sha256 hex digest, got {value!r}")
+        if not expect_hex and value is not None:
+            raise LrcnError(f"{path}: checksum.mask must be null when has_mask is false")
+
+
+class _MappedArray:
+    """A read-only .npy array viewed through ``mmap``, whose pages are dropped after each read."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+        self._file = open(path, "rb")
+        self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._offset = offset
+        self._row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self.array = np.frombuffer(self._mmap, dtype=dtype, count=math.prod(shape),
+                                   offset=offset).reshape(shape)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = self.array[rows]  # one fancy-index copy, in the requested order
+        # File-backed pages touched through a mapping count towards this process's RSS until
+        # unmapped, so reading a 50 GB store epoch after epoch would look like (and, under a
+        # cgroup limit, be treated as) a 50 GB process. Dropping the span just read keeps RSS
+        # flat; the pages stay in the kernel's page cache, so re-reading them is still fast.
+        if len(rows) and hasattr(mmap, "MADV_DONTNEED"):
+            start = self._offset + int(rows.min()) * self._row_bytes
+            end = self._offset + (int(rows.max()) + 1) * self._row_bytes
+            start -= start % mmap.PAGESIZE
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return out
+
+    def close(self) -> None:
+        del self.array  # the view must go before the mapping can close
+        self._mmap.close()
+        self._file.close()
+
+
+class FeatureStore:
+    """A feature store opened for reading; rows are read through a memory map, batch by batch.
+
+    Opening checks meta.json, the .npy headers and byte sizes and the keys, but does not hash
+    (see ``verify``). A store pickles as its path, so DataLoader workers reopen it themselves.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            hint = (f" ({partial_path(self.path)} exists: an unfinished import or extraction)"
+                    if partial_path(self.path).exists() else "")
+            raise LrcnError(f"feature store not found: {self.path}{hint}")
+        meta_path = self.path / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise LrcnError(f"{meta_path}: missing; {self.path} is not a complete feature store") from None
+        except (OSError, ValueError) as exc:
+            raise LrcnError(f"{meta_path}: cannot read as JSON ({exc})") from None
+        _check_meta(meta, meta_path)
+        self.meta: dict[str, Any] = meta
+        self.count: int = meta["count"]
+        self.layout: str = meta["layout"]
+        self.item_shape: tuple[int, ...] = tuple(meta["item_shape"])
+        self.dtype: str = meta["dtype"]
+        self.has_mask: bool = meta["has_mask"]
+
+        shape = (self.count, *self.item_shape)
+        self._features_offset = check_npy(self.path / "features.npy", shape, np.dtype(self.dtype))
+        self._mask_offset = None
+        if self.has_mask:
+            self._mask_offset = check_npy(self.path / "mask.npy", shape[:-1], np.dtype(bool))
+
+        keys_path = self.path / "keys.json"
+        try:
+            keys = json.loads(keys_path.read_text())
+        except FileNotFoundError:
+            raise LrcnError(f"{keys_path}: missing from the feature store") from None
+        except (OSError, ValueError) as exc:
+            raise LrcnError(f"{keys_path}: cannot read as JSON ({exc})") from None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise LrcnError(f"{keys_path}: expected a JSON list of strings")
+        if len(keys) != self.count:
+            raise LrcnError(f"{keys_path}: {len(keys)} keys, meta.json says count {self.count}")
+        self.keys: list[str] = keys
+        self._row = {key: row for row, key in enumerate(keys)}
+        if len(self._row) != len(keys):
+            dup = next(k for i, k in enumerate(keys) if self._row[k] != i)
+            raise LrcnError(f"{keys_path}: key {dup!r} appears more than once")
+        self._stem_row: dict[str, int] = {}  # stem -> row, or -1 when several keys share it
+        self._id_row: dict[int, int] = {}    # image id -> row for all-digit stems, -1 if shared
+        for row, key in enumerate(keys):
+            stem = image_stem(key)
+            self._stem_row[stem] = -1 if stem in self._stem_row else row
+            if stem.isdigit():
+                self._id_row[int(stem)] = -1 if int(stem) in self._id_row else row
+        self._features: _MappedArray | None = None  # mapped on first read
+        self._mask: _MappedArray | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> FeatureStore:
+        """Open and check the store at `path` (LrcnError naming the file if anything is off)."""
+        return cls(path)
+
+    # ----------------------------------------------------------------------- properties
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def channels(self) -> int:
+        return self.item_shape[-1]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """What made the store: the import format and folder, or the backbone and weights."""
+        return self.meta["source"]
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, count={self.count}, layout={self.layout!r}, "
+                f"item_shape={self.item_shape}, dtype={self.dtype!r}, has_mask={self.has_mask})")
+
+    # ----------------------------------------------------------------------- keys
+
+    def row_of(self, key: str) -> int | None:
+        """The row of `key`, or None.
+
+        Tried in order, each only when it names one store key: the exact key; its
+        ``image_stem``; the image id, the number that ends the stem
+        (``COCO_train2014_000000000009`` -> 9), against stores whose keys are bare ids, as
+        grid-feats-vqa names its files (``9.pth``).
+        """
+        row = self._row.get(key)
+        if row is None:
+            stem = image_stem(key)
+            row = self._stem_row.get(stem, -1)
+            if row < 0 and self._id_row and (image_id := _trailing_id(stem)) is not None:
+                row = self._id_row.get(image_id, -1)
+        return None if row < 0 else row
+
+    def rows_for(self, keys: Sequence[str], where: str) -> np.ndarray:
+        """int64 rows of `keys` (matched as in ``row_of``); LrcnError listing missing keys."""
+        rows = np.fromiter((-1 if (r := self.row_of(k)) is None else r for k in keys),
+                           dtype=np.int64, count=len(keys))
+        if (rows < 0).any():
+            missing = [keys[i] for i in np.flatnonzero(rows < 0)]
+            ambiguous = [k for k in missing if self._stem_row.get(image_stem(k)) == -1]
+            message = (f"{where}: {len(missing)} of {len(keys)} keys are not in feature store "
+                       f"{self.path}; first: {', '.join(missing[:5])}")
+            if ambiguous:
+                message += (f"; {len(ambiguous)} of them match several store keys by file name "
+                            f"(e.g. {image_stem(ambiguous[0])!r}) and need the store's full key")
+            raise LrcnError(message)
+        return rows
+
+    # ----------------------------------------------------------------------- rows
+
+    def read(self, rows: Sequence[int] | np.ndarray | torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features (B, *item_shape) float32 and mask (B, *item_shape[:-1]) bool or None.
+
+        Rows come back in the order asked, repeats included. Without a mask every cell is real.
+        """
+        if isinstance(rows, torch.Tensor):
+            rows = rows.cpu().numpy()
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1:
+            raise LrcnError(f"{self.path}: rows must be one-dimensional, got shape {rows.shape}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
+            bad = rows[(rows < 0) | (rows >= self.count)][0]
+            raise LrcnError(f"{self.path}: row {bad} out of range for {self.count} items")
+        if self._features is None:
+            shape = (self.count, *self.item_shape)
+            self._features = _MappedArray(self.path / "features.npy", shape,
+                                          np.dtype(self.dtype), self._features_offset)
+            if self.has_mask:
+                self._mask = _MappedArray(self.path / "mask.npy", shape[:-1], np.dtype(bool),
+                                          self._mask_offset)
+        features = torch.from_numpy(self._features.take(rows).astype(np.float32, copy=False))
+        mask = torch.from_numpy(self._mask.take(rows)) if self._mask is not None else None
+        return features, mask
+
+    def verify(self) -> None:
+        """Hash every file against meta.json; LrcnError naming the first file that differs."""
+        files = {"features": self.path / "features.npy", "keys": self.path / "keys.json",
+                 "mask": self.path / "mask.npy" if self.has_mask else None}
+        actual = _hash_files(files)
+        for name, path in files.items():
+            if path is not None and actual[name] != self.meta["checksum"][name]:
+                raise LrcnError(
+                    f"{path}: sha256 {actual[name]} does not match meta.json "
+                    f"({self.meta['checksum'][name]}); the file is corrupt or was changed"
+                )
+
+    # ----------------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        for mapped in (self._features, self._mask):
+            if mapped is not None:
+                mapped.close()
+        self._features = self._mask = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"path": str(self.path)}  # a mapping cannot be pickled; the worker reopens
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(state["path"])
+
+
+# --------------------------------------------------------------------------- writing
+
+def _pwrite_all(fd: int, array: np.ndarray, offset: int) -> None:
+    buf = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    while len(buf):  # pwrite may write less than asked (and at most ~2 GB per call)
+        written = os.pwrite(fd, buf, offset)
+        buf, offset = buf[written:], offset + written
+
+
+class StoreWriter:
+    """Builds a store in ``STORE.partial``, block of rows by block, and renames it when done.
+
+    The .npy files are created at full size with ``open_memmap`` (sparse until written); rows
+    are then written with ``pwrite`` rather than through a mapping, so the writer's memory
+    stays flat however large the store. ``resume=True`` reopens an existing partial folder
+    with the same shape, for an extraction that continues after an interruption.
+
+    Args:
+        out: the store folder to create; must not exist.
+        count: N, the number of rows.
+        item_shape: (H, W, C) for layout "grid", (R, C) for "regions".
+        dtype: "float16" or "float32".
+        layout: "grid" or "regions".
+        with_mask: write mask.npy; rows start all False and ``write`` sets them.
+        keys: the N unique image keys, in row order.
+        source: what made the store, saved in meta.json (JSON-safe).
+        resume: reopen ``out``.partial instead of creating it.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        count: int,
+        item_shape: Sequence[int],
+        dtype: str,
+        layout: str,
+        with_mask: bool,
+        keys: Sequence[str],
+        source: dict[str, Any],
+        resume: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.partial = partial_path(self.out)
+        self.count = count
+        self.item_shape = tuple(int(s) for s in item_shape)
+        self.dtype = dtype
+        self.layout = layout
+        self.with_mask = with_mask
+        self.keys = list(keys)
+        self.source = source
+        if dtype not in DTYPES:
+            raise LrcnError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if layout not in LAYOUTS or len(self.item_shape) != LAYOUTS[layout]:
+            raise ValueError(f"layout {layout!r} does not fit item_shape {self.item_shape}")
+        if count < 1 or len(self.keys) != count:
+            raise ValueError(f"count {count} must be positive and match the {len(self.keys)} keys")
+        seen: set[str] = set()
+        for key in self.keys:
+            if key in seen:
+                raise LrcnError(f"key {key!r} appears more than once; store keys must be unique")
+            seen.add(key)
+        if self.out.exists():
+            raise LrcnError(f"{self.out} already exists; choose another output or delete it first")
+
+        shape = (count, *self.item_shape)
+        self._files = {"features": (self.partial / "features.npy", shape, np.dtype(dtype))}
+        if with_mask:
+            self._files["mask"] = (self.partial / "mask.npy", shape[:-1], np.dtype(bool))
+        self._fds: dict[str, int] = {}
+        self._offsets: dict[str, int] = {}
+        if resume:
+            if not self.partial.is_dir():
+                raise LrcnError(f"{self.partial}: nothing to resume (folder missing)")
+        else:
+            if self.partial.exists():
+                raise LrcnError(
+                    f"{self.partial} exists: left by an interrupted run, or a run still going; "
+                    "delete it and run again"
+                )
+            self.partial.mkdir(parents=True)
+        try:
+            for name, (path, file_shape, file_dtype) in self._files.items():
+                if not resume:  # header, then a sparse file of full size; unmapped at once
+                    open_memmap(path, mode="w+", dtype=file_dtype, shape=file_shape)
+                self._offsets[name] = check_npy(path, file_shape, file_dtype)
+                self._fds[name] = os.open(path, os.O_RDWR)
+        except BaseException:
+            self.close_files()
+            if not resume:
+                shutil.rmtree(self.partial, ignore_errors=True)
+            raise
+
+    def write(self, start: int, features: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Write rows ``start .. start + len(features)``, cast to the store dtype.
+
+        `mask` (B, *item_shape[:-1]) bool is required exactly when the store has a mask.
+        """
+        n = len(features)
+        if tuple(features.shape[1:]) != self.item_shape or not 0 <= start <= self.count - n:
+            raise ValueError(f"rows {start}..{start + n} of shape {features.shape[1:]} do not "
+                             f"fit a store of {self.count} x {self.item_shape}")
+        if (mask is not None) != self.with_mask:
+            raise ValueError("a mask is required exactly when the store has one")
+        _, _, dtype = self._files["features"]
+        row_bytes = math.prod(self.item_shape) * dtype.itemsize
+        _pwrite_all(self._fds["features"], features.astype(dtype, copy=False),
+                    self._offsets["features"] + start * row_bytes)
+        if mask is not None:
+            if tuple(mask.shape) != (n, *self.item_shape[:-1]):
+                raise ValueError(f"mask shape {mask.shape} does not fit features {features.shape}")
+            cells = math.prod(self.item_shape[:-1])
+            _pwrite_all(self._fds["mask"], mask.astype(bool, copy=False),
+                        self._offsets["mask"] + start * cells)
+
+    def flush(self) -> None:
+        """Make every row written so far durable (before recording progress)."""
+        for fd in self._fds.values():
+            os.fsync(fd)
+
+    def finish(self) -> FeatureStore:
+        """Write keys, checksums and meta.json (last), rename the partial folder, open it."""
+        self.flush()
+        self.close_files()
+        keys_path = self.partial / "keys.json"
+        atomic_write(keys_path, lambda f: f.write(json.dumps(self.keys).encode()))
+        checksum = {"algorithm": "sha256",
+                    **_hash_files({"features": self._files["features"][0],
+                                   "mask": self._files["mask"][0] if self.with_mask else None,
+                                   "keys": keys_path})}
+        meta = {"format_version": FORMAT_VERSION, "count": self.count, "layout": self.layout,
+                "item_shape": list(self.item_shape), "dtype": self.dtype,
+                "has_mask": self.with_mask, "source": self.source, "checksum": checksum}
+        atomic_write(self.partial / "meta.json",
+                     lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        for name in ("keys.json", "meta.json"):  # atomic_write's temp files are owner-only
+            shutil.copymode(self._files["features"][0], self.partial / name)
+        if self.out.exists():  # os.rename would silently replace an empty folder
+            raise LrcnError(f"{self.out} appeared while the store was being built; not replacing it")
+        os.rename(self.partial, self.out)
+        # Removed only now: killed before the rename, a rerun still finds its resume point.
+        (self.out / PROGRESS_FILE).unlink(missing_ok=True)
+        return FeatureStore.open(self.out)
+
+    def abort(self) -> None:
+        """Remove the partial folder: a failed build leaves nothing behind."""
+        self.close_files()
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def close_files(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
