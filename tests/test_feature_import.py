@@ -7,8 +7,6 @@ Files are written in each format's published layout: TRAR-VQA's ``<image file>.n
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from lrcn.cli import main
+from conftest import run_cli
 from lrcn.errors import LrcnError
 from lrcn.features import FORMATS, FeatureStore, import_features
 from lrcn.features.commands import FORMAT_NAMES
 from lrcn.features.store import partial_path
 
 C = 16  # channels of the small gridfeats / openvqa files (--channels 16)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.out.strip().splitlines()[-1])
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: Any) -> Result:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
 
 
 def coco(split: str, image_id: int) -> str:

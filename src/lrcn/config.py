@@ -164,7 +164,19 @@ def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "config
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise LrcnError(f"{where}: {key} must be {expected}, got {value!r}")
+        item_type = _list_item_type(type(target), key)
+        if isinstance(value, list) and item_type and not all(
+                isinstance(v, item_type) and not isinstance(v, bool) for v in value):
+            raise LrcnError(f"{where}: {key} must be a list of {item_type.__name__}, got {value!r}")
         setattr(target, key, value)
+
+
+def _list_item_type(cls: type, name: str) -> type | None:
+    """``str`` for a field annotated ``list[str]``; None for other fields."""
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) is list and len(typing.get_args(hint)) == 1:
+        return typing.get_args(hint)[0]
+    return None
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from lrcn.errors import LrcnError
 __all__ = [
     "check_record",
     "describe_record",
+    "find_json",
     "is_int",
     "iter_unique_records",
     "json_kind",
@@ -53,6 +54,16 @@ def json_kind(value: Any) -> str:
 def is_int(value: Any) -> bool:
     """Whether a parsed value is a JSON integer (``true``/``false`` are not)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def find_json(root: Path, filename: str, folders: Sequence[str], what: str = "") -> Path:
+    """``root/<folder>/filename`` for the first of `folders` holding it ("" is root itself)."""
+    for sub in folders:
+        path = root / sub / filename
+        if path.is_file():
+            return path
+    places = ", ".join(str(root / sub) for sub in folders)
+    raise LrcnError(f"{what}{filename} not found; looked in {places}")
 
 
 def load_json(path: str | os.PathLike[str], what: str = "JSON") -> Any:

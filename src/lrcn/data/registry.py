@@ -99,21 +99,22 @@ def _load_easyvqa(root: str | None, split: str) -> VQASplit:
     return read_easyvqa(split)
 
 
+def _need_root(name: str, root: str | None, holding: str) -> str:
+    if root is None:
+        raise LrcnError(f"dataset {name} needs a data root (data.data_root / --data-root): "
+                        f"the folder holding {holding}")
+    return root
+
+
 @register_dataset("vqa2", train_split="train2014", val_split="val2014")
 def _load_vqa2(root: str | None, split: str) -> VQASplit:
-    if root is None:
-        raise LrcnError(
-            "dataset vqa2 needs a data root (data.data_root): the folder holding the "
-            "VQA-v2 question/annotation JSON files and the COCO image folders"
-        )
+    root = _need_root("vqa2", root, "the VQA-v2 question/annotation JSON files and the COCO "
+                      "image folders")
     return read_vqa2(root, split)
 
 
 @register_dataset("vizwiz", train_split="train", val_split="val")
 def _load_vizwiz(root: str | None, split: str) -> VQASplit:
-    if root is None:
-        raise LrcnError(
-            "dataset vizwiz needs a data root (data.data_root): the folder holding "
-            "Annotations/<split>.json and the train/val/test image folders"
-        )
+    root = _need_root("vizwiz", root, "Annotations/<split>.json and the train/val/test image "
+                      "folders")
     return read_vizwiz(root, split)

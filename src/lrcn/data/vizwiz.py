@@ -19,6 +19,7 @@ from typing import Any
 
 from lrcn.data.json_records import (
     check_record,
+    find_json,
     load_json,
     record_list,
     record_name,
@@ -59,7 +60,7 @@ def read_vizwiz(root: str | Path, split: str) -> VQASplit:
         raise LrcnError(f"VizWiz has no split {split!r}; known splits: {', '.join(VIZWIZ_SPLITS)}")
     if not root.is_dir():
         raise LrcnError(f"VizWiz root folder not found: {root}")
-    path = _find_json(root, f"{split}.json")
+    path = find_json(root, f"{split}.json", JSON_DIRS, "VizWiz annotation file ")
     entries = record_list(path, load_json(path, "annotation"), None, "annotation")
 
     records = []
@@ -90,15 +91,6 @@ def read_vizwiz(root: str | Path, split: str) -> VQASplit:
             )
         )
     return VQASplit(name=split, records=records, image_root=root)
-
-
-def _find_json(root: Path, filename: str) -> Path:
-    for sub in JSON_DIRS:
-        path = root / sub / filename
-        if path.is_file():
-            return path
-    places = ", ".join(str(root / sub) for sub in JSON_DIRS)
-    raise LrcnError(f"VizWiz annotation file {filename} not found; looked in {places}")
 
 
 def _describe(entry: Any, index: int) -> str:

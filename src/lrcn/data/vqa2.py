@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrcn.data.json_records import check_record, iter_unique_records
+from lrcn.data.json_records import check_record, find_json, iter_unique_records
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.errors import LrcnError
 
@@ -74,11 +74,11 @@ def read_vqa2(root: str | Path, split: str) -> VQASplit:
     if not root.is_dir():
         raise LrcnError(f"VQA-v2 root folder not found: {root}")
 
-    q_path = _find_json(root, questions_filename(split))
+    q_path = find_json(root, questions_filename(split), JSON_DIRS)
     questions = read_questions_file(q_path)
     annotations = None
     if split not in SPLITS_WITHOUT_ANSWERS:
-        a_path = _find_json(root, annotations_filename(split))
+        a_path = find_json(root, annotations_filename(split), JSON_DIRS)
         annotations = read_annotations_file(a_path, vg=split == VG_SPLIT)
         _check_pairing(questions, annotations, q_path, a_path)
     image_dirs = _coco_image_dirs(root, questions, q_path) if split == VG_SPLIT else None
@@ -110,7 +110,8 @@ def _coco_image_dirs(
     """
     folder_of: dict[int, str] = {}
     for split in ("train2014", "val2014"):
-        for q in read_questions_file(_find_json(root, questions_filename(split))).values():
+        path = find_json(root, questions_filename(split), JSON_DIRS)
+        for q in read_questions_file(path).values():
             folder_of.setdefault(q["image_id"], split)
     out = {}
     for qid, q in questions.items():
@@ -150,15 +151,6 @@ def check_images(split: VQASplit, show: int = 5) -> None:
             f"split {split.name}: {len(missing)} image file(s) missing under {split.image_root}, "
             f"first: {'; '.join(first)}"
         )
-
-
-def _find_json(root: Path, filename: str) -> Path:
-    for sub in JSON_DIRS:
-        path = root / sub / filename
-        if path.is_file():
-            return path
-    places = ", ".join(str(root / sub) for sub in JSON_DIRS)
-    raise LrcnError(f"{filename} not found; looked in {places}")
 
 
 def read_questions_file(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
