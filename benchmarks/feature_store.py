@@ -124,11 +124,11 @@ def model_throughput(store_path: Path, steps: int) -> float:
     device = torch.device("cpu")
     batches = iter(batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=2))
     model.train()
-    train_step(model, next(batches), optimizer, device)  # warm-up
+    train_step(model, next(batches), optimizer, device, TrainConfig())  # warm-up
     data = [next(batches) for _ in range(steps)]  # loading is not what is timed here
     start = time.perf_counter()
     for batch in data:
-        train_step(model, batch, optimizer, device)
+        train_step(model, batch, optimizer, device, TrainConfig())
     return steps * BATCH / (time.perf_counter() - start)
 
 
@@ -154,7 +154,7 @@ def child(args: argparse.Namespace) -> None:
     model.train()
     start, steps = time.perf_counter(), 0
     for batch in batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=3):
-        train_step(model, batch, optimizer, device)
+        train_step(model, batch, optimizer, device, TrainConfig())
         steps += 1
         if steps == args.steps:
             break

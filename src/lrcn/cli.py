@@ -26,23 +26,27 @@ log = logging.getLogger("lrcn")
 # --------------------------------------------------------------------------- arguments
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="dataset name: easyvqa (bundled), vqa2 or vizwiz")
+    p.add_argument("--dataset", help="dataset name: easyvqa or easy-vizwiz (bundled), vqa2, vizwiz")
     p.add_argument("--data-root", help="dataset folder in its official layout")
     p.add_argument("--features", nargs="+", metavar="STORE",
                    help="feature stores to read image grids from (lrcn features import/extract)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrcn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("train", help="train a model and evaluate it every epoch")
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The configuration flags of ``train`` (and ``compare``)."""
     p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or YAML file")
     _add_dataset_flags(p)
     p.add_argument("--train-split", help="split to train on; join several with '+', "
                    "e.g. train2014+val2014+vg")
     p.add_argument("--val-split", help="split to evaluate on after every epoch ('none': no "
                    "evaluation)")
+    p.add_argument("--model", help="model: lrcn, cnn_lstm, text_only or image_only")
+    p.add_argument("--task", choices=["answer", "answerable", "both"],
+                   help="train answer prediction, answerability (VizWiz), or both")
+    p.add_argument("--answer-loss", choices=["bce", "ce"],
+                   help="bce: soft scores over all answers; ce: the most common answer")
+    p.add_argument("--skip-invalid", action="store_true", default=None,
+                   help="drop questions whose image is missing or unreadable (counted and listed)")
     p.add_argument("--variant", choices=["ed", "st", "cst"], help="LRCN stacking")
     p.add_argument("--layers", type=int, help="number of layers L")
     p.add_argument("--lrm", choices=["none", "sa", "ga", "both"], help="layer-residual placement")
@@ -54,7 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glove", help="GloVe text file for the word embeddings")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set model.d_model=256 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrcn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and evaluate it every epoch")
+    _add_train_flags(p)
     p.add_argument("--out", help="run folder (default: runs/<dataset>-<variant>-<time>)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    p = sub.add_parser("compare", help="train several models on the same data and tabulate them")
+    _add_train_flags(p)
+    p.add_argument("--models", default="lrcn,cnn_lstm,text_only,image_only",
+                   help="comma-separated models to train (default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="folder for one run per model and comparison.{md,csv,png}")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a split and write a results file")
@@ -74,10 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("score", help="score a results file against VQA-v2 annotations")
-    p.add_argument("--annotations", required=True, help="official annotations JSON")
-    p.add_argument("--results", required=True, help='results JSON: [{"question_id", "answer"}]')
-    p.add_argument("--questions", help="official questions JSON (checked against the annotations)")
+    p = sub.add_parser("score", help="score a results file against VQA-v2 or VizWiz annotations")
+    p.add_argument("--format", choices=["vqa2", "vizwiz"], default="vqa2",
+                   help="evaluator to score with (default: vqa2)")
+    p.add_argument("--annotations", required=True,
+                   help="official annotations JSON (for vizwiz: the VizWiz split file, e.g. val.json)")
+    p.add_argument("--results", required=True, help='results JSON: [{"question_id", "answer"}]; '
+                   'for vizwiz [{"image", "answer", "answerable" (optional probability)}]')
+    p.add_argument("--questions", help="official questions JSON (checked against the annotations; "
+                   "vqa2 only)")
     p.add_argument("--per-question", help="write {question_id: accuracy} to this JSON file")
     p.add_argument("--json", action="store_true")
 
@@ -92,7 +117,9 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     """Preset or file, then the explicit flags, then ``--set`` overrides."""
     from lrcn.data import default_splits
 
-    cfg = load_config(args.config)
+    # A dataset with a preset of its name (easy-vizwiz) starts from that preset.
+    preset = args.config or (args.dataset if args.dataset in preset_names() else None)
+    cfg = load_config(preset)
     if args.dataset and args.dataset != cfg.data.dataset:
         # Another dataset than the preset's: start from that dataset's usual splits.
         cfg.data.train_split, cfg.data.val_split = default_splits(args.dataset)
@@ -103,10 +130,12 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     flags = {
         "data": {"dataset": args.dataset, "data_root": args.data_root,
                  "train_split": args.train_split, "val_split": args.val_split,
-                 "glove": args.glove, "features": args.features},
-        "model": {"variant": args.variant, "layers": args.layers, "lrm": args.lrm},
+                 "glove": args.glove, "features": args.features,
+                 "skip_invalid": args.skip_invalid},
+        "model": {"arch": args.model, "task": args.task, "variant": args.variant,
+                  "layers": args.layers, "lrm": args.lrm},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                  "seed": args.seed, "device": args.device},
+                  "seed": args.seed, "device": args.device, "answer_loss": args.answer_loss},
     }
     for section, values in flags.items():
         apply_overrides(getattr(cfg, section), {k: v for k, v in values.items() if v is not None},
@@ -124,10 +153,20 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.engine.trainer import train
 
     cfg = train_config(args)
+    name = cfg.model.variant if cfg.model.arch == "lrcn" else cfg.model.arch
     out = Path(args.out) if args.out else Path("runs") / (
-        f"{cfg.data.dataset}-{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}")
+        f"{cfg.data.dataset}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     log.info("run folder: %s", out)
     return train(cfg, out)
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.engine.compare import compare
+
+    cfg = train_config(args)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    rows = compare(cfg, models, Path(args.out))
+    return {"out": args.out, "table": str(Path(args.out) / "comparison.md"), "models": rows}
 
 
 def _run_dir_of(checkpoint: Path) -> Path:
@@ -143,6 +182,7 @@ def default_results_name(dataset: str, split: str) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.data import load_split
+    from lrcn.data.registry import dataset_metric
     from lrcn.engine.checkpoint import resolve_checkpoint
     from lrcn.engine.evaluator import write_results
     from lrcn.engine.inference import encode_for_model, load_model, predict_split
@@ -159,14 +199,23 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     split = load_split(dataset, root, args.split)
     encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab, d, loaded.model,
                                loaded.device)
+    metric = dataset_metric(dataset)
     evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,
-                              loaded.device)
+                              loaded.device, metric=metric)
     results_path = Path(args.results) if args.results else (
         _run_dir_of(ckpt_path) / "results" / default_results_name(dataset, args.split))
-    write_results(evaluator.results(), results_path)
-    log.info("wrote %d answers to %s", len(evaluator.predictions), results_path)
     summary: dict[str, Any] = {"checkpoint": str(ckpt_path), "dataset": dataset,
                                "split": args.split, "results": str(results_path)}
+    if metric == "vizwiz":  # two submissions: answers, and P(answerable) with that head
+        answers, answerable = evaluator.vizwiz_results()
+        write_results(answers, results_path)
+        if answerable is not None:
+            answerable_path = results_path.with_name(results_path.stem + "_answerable.json")
+            write_results(answerable, answerable_path)
+            summary["answerable_results"] = str(answerable_path)
+    else:
+        write_results(evaluator.results(), results_path)
+    log.info("wrote %d answers to %s", len(evaluator.predictions), results_path)
     if split.has_answers:
         summary.update(evaluator.evaluate())
     else:
@@ -187,6 +236,17 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.evaluation.score import score_files, write_per_question
 
+    if args.format == "vizwiz":
+        from lrcn.evaluation.vizwiz import score_vizwiz_files
+
+        if args.questions:
+            raise LrcnError("--questions is not used with --format vizwiz: VizWiz annotation "
+                            "files hold the questions")
+        summary = score_vizwiz_files(args.annotations, args.results)
+        per_question = summary.pop("per_question")
+        if args.per_question:
+            write_per_question(per_question, args.per_question)
+        return summary
     report = score_files(args.annotations, args.results, args.questions)
     if args.per_question:
         write_per_question(report, args.per_question)
@@ -198,13 +258,16 @@ def cmd_features(args: argparse.Namespace) -> dict[str, Any]:
     return run_features(args)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "score": cmd_score, "features": cmd_features}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "score": cmd_score, "features": cmd_features}
 
 
 # --------------------------------------------------------------------------- output
 
 def print_human(command: str, summary: dict[str, Any]) -> None:
+    if command == "compare":
+        print(Path(summary["table"]).read_text(encoding="utf-8"), end="")
+        return
     if command == "predict":
         print(f"Q: {summary['question']}")
         for a in summary["answers"]:
@@ -214,7 +277,9 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         print(f"VQA accuracy: {summary['overall']:.2f}%")
         for answer_type, acc in summary.get("per_answer_type", {}).items():
             print(f"  {answer_type:<14}{acc:.2f}%")
-    for key in ("run_dir", "results", "store"):
+    if "answerability" in summary:
+        print("Unanswerability AP: {average_precision:.2f}%  F1: {f1:.2f}%".format(**summary["answerability"]))
+    for key in ("run_dir", "results", "answerable_results", "store"):
         if key in summary:
             print(f"{key.replace('_', ' ')}: {summary[key]}")
 

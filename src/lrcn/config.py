@@ -37,11 +37,13 @@ class DataConfig:
     image_size: int = 64              # images are resized to image_size x image_size
     cache_images: bool = True         # decode every image once and keep the pixels in memory...
     image_cache_gb: float = 4.0       # ...unless they would take more than this; then decode per batch
+    skip_invalid: bool = False        # drop (count and list) records whose image is missing or unreadable
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "lrcn"                # a name from lrcn.models.registry
+    arch: str = "lrcn"                # a name from lrcn.models.registry: lrcn | cnn_lstm | text_only | image_only
+    task: str = "answer"              # answer | answerable | both: which heads the model trains
     variant: str = "ed"               # stacking: ed (encoder-decoder) | st (pure) | cst (co-stacking)
     layers: int = 6                   # L
     lrm: str = "sa"                   # layer-residual placement: none | sa | ga | both
@@ -73,6 +75,8 @@ class TrainConfig:
     eps: float = 1e-9
     weight_decay: float = 0.0
     grad_clip: float | None = None    # max gradient norm; None disables clipping
+    answer_loss: str = "bce"          # bce: soft scores over all answers | ce: the most common answer
+    answerable_weight: float = 1.0    # weight of the answerability loss with model.task both
     seed: int = 0
     device: str = "cpu"               # cpu | cuda
     num_workers: int = 0              # DataLoader workers for on-demand image decoding

@@ -1,6 +1,7 @@
 """Datasets as plain records, and the vocabularies that turn them into tensors."""
 
 from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets, training_answer
+from lrcn.data.easy_vizwiz import build_easy_vizwiz, ensure_easy_vizwiz
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.data.registry import dataset_names, default_splits, load_split, register_dataset
@@ -14,12 +15,14 @@ __all__ = [
     "VQARecord",
     "VQASplit",
     "WordVocab",
+    "build_easy_vizwiz",
     "cached_glove",
     "check_images",
     "dataset_names",
     "default_splits",
     "dense_targets",
     "encode_targets",
+    "ensure_easy_vizwiz",
     "load_glove",
     "load_split",
     "read_easyvqa",

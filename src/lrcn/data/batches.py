@@ -50,9 +50,10 @@ class EncodedSplit:
     tokens: torch.Tensor                 # (N, T) int64, pad 0
     image_keys: list[str]                # the U distinct images, sorted; image row -> key
     image_rows: torch.Tensor             # (N,) int64 image row of each record
-    images: ImageTable | None            # pixels by image row; None when grids are precomputed
+    images: ImageTable | None            # pixels by image row; None with grids or a text-only model
     target_index: torch.Tensor | None    # (N, 10) int64 answer ids, -1 = none; None without answers
     target_score: torch.Tensor | None    # (N, 10) float soft scores
+    answerable: torch.Tensor | None = None  # (N,) float 1/0 where every record has the label
     grids: GridSource | None = None      # precomputed grids by image row (stores, frozen encoder)
 
     def __len__(self) -> int:
@@ -100,9 +101,11 @@ def encode_split(
                      split.name, len(keys), cache_gb, image_cache_gb)
             cache_images = False
         images = ImageTable([split.image_path(k) for k in keys], image_size, cache_images)
-    target_index = target_score = None
+    target_index = target_score = answerable = None
     if split.has_answers:
         target_index, target_score = encode_targets(split.records, answer_vocab)
+    if split.records and all(r.answerable is not None for r in split.records):
+        answerable = torch.tensor([float(r.answerable) for r in split.records])
     return EncodedSplit(
         name=split.name,
         records=split.records,
@@ -112,6 +115,7 @@ def encode_split(
         images=images,
         target_index=target_index,
         target_score=target_score,
+        answerable=answerable,
     )
 
 
@@ -121,7 +125,7 @@ class BatchDataset(Dataset):
     Keys: ``rows`` (B,), ``tokens`` (B, T), ``image_index`` (B,) into the U distinct images
     of the batch, and either ``grid`` (U, ...) float (plus ``grid_mask`` (U, ...) when the
     source pads) when the split has precomputed grids, or ``pixels`` (U, 3, S, S) uint8;
-    ``target`` (B, K) when answers exist.
+    ``target`` (B, K) when answers exist; ``answerable`` (B,) when the split has the label.
     """
 
     def __init__(self, split: EncodedSplit, num_answers: int) -> None:
@@ -141,12 +145,14 @@ class BatchDataset(Dataset):
             batch["grid"], mask = s.grids.read(unique)
             if mask is not None:
                 batch["grid_mask"] = mask
-        else:
+        elif s.images is not None:
             batch["pixels"] = s.images.pixels(unique)
         if s.target_index is not None:
             batch["target"] = dense_targets(
                 s.target_index[rows_t], s.target_score[rows_t], self.num_answers
             )
+        if s.answerable is not None:
+            batch["answerable"] = s.answerable[rows_t]
         return batch
 
 

@@ -32,6 +32,20 @@ def load_image(path: Path) -> Image.Image:
         raise LrcnError(f"cannot read image {path}: {exc}") from None
 
 
+def find_unreadable(paths: list[Path], threads: int = 4) -> dict[Path, str]:
+    """Every path that is missing or cannot be decoded, with the reason; one full decode each."""
+
+    def problem(path: Path) -> str | None:
+        try:
+            load_image(path)
+        except LrcnError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return {p: reason for p, reason in zip(paths, pool.map(problem, paths)) if reason}
+
+
 def resize_transform(size: int) -> v2.Compose:
     """PIL image -> uint8 tensor (3, size, size)."""
     return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lrcn.data.easyvqa import read_easyvqa
+from lrcn.data.easy_vizwiz import ensure_easy_vizwiz
 from lrcn.data.records import VQASplit
-from lrcn.data.vizwiz import read_vizwiz
+from lrcn.data.vizwiz import VIZWIZ_SPLITS, read_vizwiz
 from lrcn.data.vqa2 import read_vqa2
 from lrcn.errors import LrcnError
 
@@ -22,14 +23,16 @@ DatasetReader = Callable[[str | None, str], VQASplit]
 
 _DATASETS: dict[str, DatasetReader] = {}
 _DEFAULT_SPLITS: dict[str, tuple[str, str]] = {}
+_METRICS: dict[str, str] = {}
 
 
 def register_dataset(
-    name: str, train_split: str = "train", val_split: str = "val"
+    name: str, train_split: str = "train", val_split: str = "val", metric: str = "vqa"
 ) -> Callable[[DatasetReader], DatasetReader]:
     """Decorator that registers a reader ``(root, split) -> VQASplit`` under ``name``.
 
-    ``train_split`` and ``val_split`` are the splits a run uses when none are given.
+    ``train_split`` and ``val_split`` are the splits a run uses when none are given;
+    ``metric`` is the official evaluator that scores it (``vqa`` or ``vizwiz``).
     """
 
     def decorator(reader: DatasetReader) -> DatasetReader:
@@ -37,6 +40,7 @@ def register_dataset(
             raise ValueError(f"dataset {name!r} is already registered")
         _DATASETS[name] = reader
         _DEFAULT_SPLITS[name] = (train_split, val_split)
+        _METRICS[name] = metric
         return reader
 
     return decorator
@@ -47,6 +51,12 @@ def default_splits(name: str) -> tuple[str, str]:
     if name not in _DATASETS:
         raise LrcnError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
     return _DEFAULT_SPLITS[name]
+
+
+def dataset_metric(name: str) -> str:
+    """The evaluator that scores dataset `name`: ``vqa`` or ``vizwiz``."""
+    default_splits(name)  # unknown names fail with the list of known ones
+    return _METRICS[name]
 
 
 def dataset_names() -> list[str]:
@@ -113,8 +123,16 @@ def _load_vqa2(root: str | None, split: str) -> VQASplit:
     return read_vqa2(root, split)
 
 
-@register_dataset("vizwiz", train_split="train", val_split="val")
+@register_dataset("vizwiz", train_split="train", val_split="val", metric="vizwiz")
 def _load_vizwiz(root: str | None, split: str) -> VQASplit:
     root = _need_root("vizwiz", root, "Annotations/<split>.json and the train/val/test image "
                       "folders")
     return read_vizwiz(root, split)
+
+
+@register_dataset("easy-vizwiz", train_split="train", val_split="val", metric="vizwiz")
+def _load_easy_vizwiz(root: str | None, split: str) -> VQASplit:
+    if split not in VIZWIZ_SPLITS:  # before a first build, not after it
+        raise LrcnError(f"easy-vizwiz has no split {split!r}; known splits: "
+                        f"{', '.join(VIZWIZ_SPLITS)}")
+    return read_vizwiz(ensure_easy_vizwiz(None if root is None else Path(root)), split)

@@ -14,6 +14,7 @@ record's ``question_id`` is its image file name. Images are not opened while rea
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ from lrcn.data.json_records import (
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.errors import LrcnError
 
-__all__ = ["ANSWER_TYPES", "CONFIDENCES", "VIZWIZ_SPLITS", "read_vizwiz", "vizwiz_image_name"]
+__all__ = [
+    "ANSWER_TYPES",
+    "CONFIDENCES",
+    "VIZWIZ_SPLITS",
+    "describe_vizwiz_record",
+    "read_vizwiz",
+    "read_vizwiz_file",
+    "vizwiz_image_name",
+]
 
 VIZWIZ_SPLITS = ("train", "val", "test")
 SPLITS_WITHOUT_ANSWERS = frozenset({"test"})
@@ -61,25 +70,11 @@ def read_vizwiz(root: str | Path, split: str) -> VQASplit:
     if not root.is_dir():
         raise LrcnError(f"VizWiz root folder not found: {root}")
     path = find_json(root, f"{split}.json", JSON_DIRS, "VizWiz annotation file ")
-    entries = record_list(path, load_json(path, "annotation"), None, "annotation")
-
+    entries = read_vizwiz_file(path, answers_required=split not in SPLITS_WITHOUT_ANSWERS)
     records = []
-    first_index: dict[str, int] = {}
-    for i, entry in enumerate(entries):
-        where = _describe(entry, i)
-        check_record(path, entry, where, QUESTION_KEYS)
+    for entry in entries:
         image = entry["image"]
-        if not image or "/" in image or "\\" in image:
-            raise LrcnError(f"{path}: {where}: 'image' must be a bare file name, got {image!r}")
-        if image in first_index:
-            raise LrcnError(
-                f"{path}: {where}: duplicate image {image!r} "
-                f"(first at {record_name(None, first_index[image])})"
-            )
-        first_index[image] = i
-        has_answers = split not in SPLITS_WITHOUT_ANSWERS or "answers" in entry
-        if has_answers:
-            _check_answers(path, entry, where)
+        has_answers = "answers" in entry
         records.append(
             VQARecord(
                 question_id=image,
@@ -93,7 +88,42 @@ def read_vizwiz(root: str | Path, split: str) -> VQASplit:
     return VQASplit(name=split, records=records, image_root=root)
 
 
-def _describe(entry: Any, index: int) -> str:
+def read_vizwiz_file(path: str | os.PathLike[str],
+                     answers_required: bool = True) -> list[dict[str, Any]]:
+    """Read one VizWiz annotation file (a JSON list of records), checked record by record.
+
+    Args:
+        path: the annotation file, e.g. ``Annotations/val.json``.
+        answers_required: whether every record must carry answers (``train``/``val``);
+            when False (``test``) only records that have ``answers`` are checked for them.
+
+    Returns:
+        The records as in the file, each with a bare ``image`` name seen only once and a
+        ``question``; records with answers have ten checked answers, a known
+        ``answer_type`` and ``answerable`` 0 or 1. Raises LrcnError naming the file and
+        the record otherwise.
+    """
+    path = Path(path)
+    entries = record_list(path, load_json(path, "annotation"), None, "annotation")
+    first_index: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        where = describe_vizwiz_record(entry, i)
+        check_record(path, entry, where, QUESTION_KEYS)
+        image = entry["image"]
+        if not image or "/" in image or "\\" in image:
+            raise LrcnError(f"{path}: {where}: 'image' must be a bare file name, got {image!r}")
+        if image in first_index:
+            raise LrcnError(
+                f"{path}: {where}: duplicate image {image!r} "
+                f"(first at {record_name(None, first_index[image])})"
+            )
+        first_index[image] = i
+        if answers_required or "answers" in entry:
+            _check_answers(path, entry, where)
+    return entries
+
+
+def describe_vizwiz_record(entry: Any, index: int) -> str:
     """``record 3 (image 'VizWiz_val_00000003.jpg')``, for messages."""
     name = record_name(None, index)
     if isinstance(entry, dict) and entry.get("image") is not None:

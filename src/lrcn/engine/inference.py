@@ -38,9 +38,9 @@ def model_inputs(model: VQAModel, batch: dict[str, torch.Tensor], device: torch.
         inputs["grid"] = batch["grid"].to(device, non_blocking=True)
         if "grid_mask" in batch:  # (U, ...) -> one mask per question (B, ...)
             inputs["grid_mask"] = batch["grid_mask"].to(device, non_blocking=True)[image_index]
-    else:
+    elif "pixels" in batch:
         inputs["images"] = normalize(batch["pixels"].to(device, non_blocking=True))
-    return inputs
+    return inputs  # neither: a model that does not read images
 
 
 @torch.no_grad()
@@ -70,10 +70,11 @@ def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: Answe
     from lrcn.features.grids import StoreGrids, open_stores
 
     d = data_cfg
-    from_stores = model.encoder is None
+    reads_images = model.net.uses_image  # a text-only model gets neither pixels nor grids
+    from_stores = reads_images and model.encoder is None
     encoded = encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
                            d.image_size, d.cache_images, d.image_cache_gb,
-                           with_images=not from_stores)
+                           with_images=reads_images and not from_stores)
     if from_stores:
         grids = StoreGrids(open_stores(d.features), encoded.image_keys, f"split {split.name}")
         if grids.channels != model.net.grid_channels:
@@ -90,15 +91,18 @@ def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: Answe
 
 @torch.no_grad()
 def predict_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVocab,
-                  batch_size: int, device: torch.device, desc: str = "evaluating") -> VQAEvaluator:
-    """Top-1 answer for every record of a split, collected in an evaluator."""
+                  batch_size: int, device: torch.device, desc: str = "evaluating",
+                  metric: str = "vqa") -> VQAEvaluator:
+    """Top-1 answer (and P(answerable) with that head) for every record, in an evaluator."""
     model.eval()
-    evaluator = VQAEvaluator(split.records)
+    evaluator = VQAEvaluator(split.records, metric)
     loader = batch_loader(split, len(answer_vocab), batch_size, shuffle=False)
     for batch in tqdm(loader, desc=desc, disable=None, leave=False):
-        logits = model(**model_inputs(model, batch, device))
-        best = logits.argmax(dim=1).tolist()
-        evaluator.process(batch["rows"].tolist(), [answer_vocab.answer(i) for i in best])
+        out = model.forward_all(**model_inputs(model, batch, device))
+        best = out.answer.argmax(dim=1).tolist()
+        answerable = None if out.answerable is None else torch.sigmoid(out.answerable).tolist()
+        evaluator.process(batch["rows"].tolist(), [answer_vocab.answer(i) for i in best],
+                          answerable)
     return evaluator
 
 

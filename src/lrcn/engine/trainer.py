@@ -13,17 +13,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lrcn.config import RunConfig, TrainConfig, save_config
 from lrcn.data import AnswerVocab, WordVocab, load_split
+from lrcn.data.images import find_unreadable
+from lrcn.data.registry import dataset_metric
 from lrcn.data.glove import cached_glove
 from lrcn.data.batches import EncodedSplit, batch_loader
 from lrcn.data.records import VQASplit
 from lrcn.engine.checkpoint import Checkpoint, save_checkpoint
 from lrcn.fileio import atomic_write
 from lrcn.engine.curves import plot_curves
+from lrcn.engine.losses import ANSWER_LOSSES, task_loss
 from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
 from lrcn.engine.schedule import lr_factor
 from lrcn.errors import LrcnError
@@ -51,6 +53,7 @@ class RunData:
     answer_vocab: AnswerVocab
     word_vectors: torch.Tensor | None
     glove_coverage: float | None = None
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # --skip-invalid
 
 
 def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
@@ -73,6 +76,11 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
                         "says nothing about unseen data", d.val_split, d.train_split)
     if not train_split.has_answers:
         raise LrcnError(f"training split {d.train_split!r} has no answers")
+    skipped: list[dict[str, Any]] = []
+    if d.skip_invalid and cfg.model.image_encoder != "features":
+        train_split = drop_unreadable_images(train_split, skipped)
+        if val_split is not None:
+            val_split = drop_unreadable_images(val_split, skipped)
     if d.answer_vocab_splits and d.answer_vocab_splits != d.train_split:
         vocab_records = load_split(d.dataset, d.data_root, d.answer_vocab_splits, parts).records
     else:
@@ -98,7 +106,32 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
              train_split.name, len(train_split.records), d.val_split,
              len(val_split.records) if val_split else "no", len(word_vocab), len(answer_vocab),
              d.answer_vocab_splits or d.train_split)
-    return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors, coverage)
+    return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors, coverage,
+                   skipped)
+
+
+def drop_unreadable_images(split: VQASplit, skipped: list[dict[str, Any]]) -> VQASplit:
+    """The split without the records whose image is missing or unreadable (``--skip-invalid``);
+    each dropped record is appended to `skipped` and counted in the log."""
+    keys = sorted({r.image_key for r in split.records})
+    bad = find_unreadable([split.image_path(k) for k in keys])
+    if not bad:
+        return split
+    reason = {str(path): why for path, why in bad.items()}
+    kept = []
+    for record in split.records:
+        why = reason.get(str(split.image_path(record.image_key)))
+        if why is None:
+            kept.append(record)
+        else:
+            skipped.append({"split": split.name, "question_id": record.question_id,
+                            "image": record.image_key, "reason": why})
+    log.warning("split %s: skipped %d questions about %d unreadable images (--skip-invalid; "
+                "listed in the run's skipped.json), first: %s", split.name,
+                len(split.records) - len(kept), len(bad), next(iter(reason.values())))
+    if not kept:
+        raise LrcnError(f"split {split.name}: every image is missing or unreadable")
+    return dataclasses.replace(split, records=kept)
 
 
 def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim.Optimizer,
@@ -112,7 +145,7 @@ def train_one_epoch(model: VQAModel, split: EncodedSplit, optimizer: torch.optim
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=None, leave=False)
     for batch in bar:
-        total += train_step(model, batch, optimizer, device, t.grad_clip)
+        total += train_step(model, batch, optimizer, device, t)
         count += batch["tokens"].shape[0]
         bar.set_postfix(loss=f"{total / count:.3f}")
     return total / max(count, 1)
@@ -126,16 +159,14 @@ def make_optimizer(model: VQAModel, t: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_step(model: VQAModel, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               device: torch.device, grad_clip: float | None = None) -> float:
+               device: torch.device, t: TrainConfig) -> float:
     """One optimiser step on a batch from `batch_loader`; returns the summed loss."""
-    logits = model(**model_inputs(model, batch, device))
-    target = batch["target"].to(device, non_blocking=True)
-    # BCE on logits with sum reduction, as the paper (and MCAN/TRAR) train.
-    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    out = model.forward_all(**model_inputs(model, batch, device))
+    loss = task_loss(out, batch, model.task, t.answer_loss, t.answerable_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if t.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
     optimizer.step()
     return loss.item()
 
@@ -145,6 +176,9 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(cfg.train, name) < 1:
             raise LrcnError(f"train.{name} must be at least 1, got {getattr(cfg.train, name)}")
+    if cfg.train.answer_loss not in ANSWER_LOSSES:
+        raise LrcnError(f"train.answer_loss must be one of {', '.join(ANSWER_LOSSES)}, "
+                        f"got {cfg.train.answer_loss!r}")
     if (out_dir / "checkpoints").exists() or (out_dir / "metrics.jsonl").exists():
         raise LrcnError(f"{out_dir} already holds a training run; choose another --out")
     seed_everything(cfg.train.seed)
@@ -156,6 +190,10 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
              cfg.model.variant, model.net.num_parameters() / 1e6)
     train_split = encode_for_model(data.train, data.word_vocab, data.answer_vocab, cfg.data,
                                    model, device)
+    if model.task != "answer" and train_split.answerable is None:
+        raise LrcnError(f"model.task {model.task} needs answerability labels, and training split "
+                        f"{data.train.name!r} of dataset {cfg.data.dataset} has none (VizWiz has)")
+    metric = dataset_metric(cfg.data.dataset)
     val_split = None
     if data.val is not None:
         val_split = encode_for_model(data.val, data.word_vocab, data.answer_vocab, cfg.data,
@@ -163,6 +201,9 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     # The run folder is made only once the data and model are known to be good.
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
+    if cfg.data.skip_invalid:
+        atomic_write(out_dir / "skipped.json",
+                     lambda f: f.write(json.dumps(data.skipped, indent=1).encode("utf-8")))
 
     t = cfg.train
     optimizer = make_optimizer(model, t)
@@ -180,7 +221,7 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         val = {}
         if val_split is not None:
             evaluator = predict_split(model, val_split, data.answer_vocab, t.eval_batch_size,
-                                      device)
+                                      device, metric=metric)
             if val_split.target_index is not None:
                 val = evaluator.evaluate()
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
@@ -188,9 +229,12 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                  "eval_seconds": round(time.perf_counter() - start - train_time, 2), "val": val}
         history.append(entry)
         _append_jsonl(metrics_path, entry)
-        log.info("epoch %d/%d: loss %.4f, val accuracy %s (%.0f s)", epoch + 1, t.epochs,
-                 train_loss, f"{val['overall']:.2f}%" if val else "n/a", train_time)
-        is_best = bool(val) and (best is None or val["overall"] > best["val"]["overall"])
+        log.info("epoch %d/%d: loss %.4f, val accuracy %s%s (%.0f s)", epoch + 1, t.epochs,
+                 train_loss, f"{val['overall']:.2f}%" if val else "n/a",
+                 ", answerability AP {average_precision:.2f} F1 {f1:.2f}".format(
+                     **val["answerability"]) if "answerability" in val else "", train_time)
+        is_best = bool(val) and (best is None or _score(val, model.task) > _score(best["val"],
+                                                                                  model.task))
         ckpt = Checkpoint(cfg, data.word_vocab, data.answer_vocab, model.state_dict(), epoch, entry)
         if is_best or not val:
             best = entry
@@ -200,11 +244,20 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         plot_curves(history, out_dir / "curves.png")
 
     summary = {"run_dir": str(out_dir), "epochs": t.epochs, "best_epoch": best["epoch"] + 1,
-               "train_loss": history[-1]["train_loss"]}
+               "train_loss": history[-1]["train_loss"], "parameters": model.num_parameters()}
+    if cfg.data.skip_invalid:
+        summary["skipped"] = len(data.skipped)
     if data.glove_coverage is not None:
         summary["glove_coverage"] = round(100 * data.glove_coverage, 2)
     summary.update(best["val"])
     return summary
+
+
+def _score(val: dict[str, Any], task: str) -> float:
+    """What picks the best epoch: answer accuracy, or answerability AP for that task alone."""
+    if task == "answerable":
+        return val["answerability"]["average_precision"]
+    return val["overall"]
 
 
 def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:

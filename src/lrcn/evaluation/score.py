@@ -205,14 +205,17 @@ def score_files(
 # --------------------------------------------------------------------------- writing
 
 
-def write_per_question(report: ScoreReport, path: str | os.PathLike[str]) -> None:
+def write_per_question(report: ScoreReport | Mapping[Any, float],
+                       path: str | os.PathLike[str]) -> None:
     """Write ``{question_id: accuracy percent}`` as a JSON object, atomically.
 
-    The JSON goes to a temporary file in the same folder, which is then renamed over
-    ``path``, so readers never see a half-written file.
+    ``report`` is a :class:`ScoreReport` or the per-question mapping itself (e.g. VizWiz
+    image -> accuracy). The JSON goes to a temporary file in the same folder, which is then
+    renamed over ``path``, so readers never see a half-written file.
     """
     p = Path(path)
-    payload = {str(qid): report.per_question[qid] for qid in sorted(report.per_question)}
+    per_question = report.per_question if isinstance(report, ScoreReport) else report
+    payload = {str(qid): per_question[qid] for qid in sorted(per_question)}
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask apply.

@@ -10,13 +10,16 @@ quirks, because published numbers are only comparable when scored identically:
   all identical;
 * each human answer is left out in turn and the prediction scores
   ``min(1, matches among the other nine / 3)``; the question's accuracy is the mean.
+
+The VizWiz evaluator (:mod:`lrcn.evaluation.vizwiz`) reuses these pieces with its own
+contraction table, :data:`VIZWIZ_CONTRACTIONS`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
@@ -57,6 +60,16 @@ NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
     "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
+# The VizWiz API's ``vqaEval.py`` has the same table with typographic apostrophes (U+2019),
+# except for two keys and eight values it leaves ASCII; copied exactly, quirks included.
+_VIZWIZ_ASCII_KEYS = frozenset({"couldn'tve", "hadn'tve"})
+_VIZWIZ_ASCII_VALUES = frozenset({"aint", "arent", "cant", "couldve", "couldnt", "weve",
+                                  "wheres", "whove"})
+VIZWIZ_CONTRACTIONS = {
+    (k if k in _VIZWIZ_ASCII_KEYS else k.replace("'", "\u2019")):
+    (v if k in _VIZWIZ_ASCII_VALUES else v.replace("'", "\u2019"))
+    for k, v in CONTRACTIONS.items()
+}
 ARTICLES = frozenset({"a", "an", "the"})
 PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                ">", "<", "@", "`", ",", "?", "!"]
@@ -77,19 +90,25 @@ def process_punctuation(text: str) -> str:
     return _PERIOD_STRIP.sub("", out, count=_OFFICIAL_PERIOD_COUNT)
 
 
-def process_digit_article(text: str) -> str:
-    """Lower-case, map number words to digits, drop articles, fix contractions."""
+def process_digit_article(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
+    """Lower-case, map number words to digits, drop articles, fix contractions.
+
+    Args:
+        text: the answer after :func:`process_punctuation`.
+        contractions: the contraction table (:data:`VIZWIZ_CONTRACTIONS` for VizWiz).
+    """
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
+    words = [contractions.get(w, w) for w in words if w not in ARTICLES]
     return " ".join(words)
 
 
-def normalize_answer(text: str) -> str:
-    """The official full normalisation of one answer string."""
-    return process_digit_article(process_punctuation(text))
+def normalize_answer(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
+    """The official full normalisation of one answer string (VQA-v2 table by default)."""
+    return process_digit_article(process_punctuation(text), contractions)
 
 
-def _clean_whitespace(text: str) -> str:
+def clean_whitespace(text: str) -> str:
+    """Tabs and newlines to spaces, then strip: what both evaluators do to a prediction."""
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
@@ -99,7 +118,7 @@ def prepare_human_answers(answers: Sequence[str]) -> tuple[list[str], bool]:
     The official code normalises only when the answers are not all identical; the same
     flag decides whether the prediction is normalised.
     """
-    answers = [_clean_whitespace(a) for a in answers]
+    answers = [clean_whitespace(a) for a in answers]
     normalise = len(set(answers)) > 1
     if normalise:
         answers = [normalize_answer(a) for a in answers]
@@ -115,14 +134,21 @@ def question_accuracy(prediction: str, answers: Sequence[str]) -> float:
     if not answers:
         raise ValueError("a question needs at least one human answer to be scored")
     human, normalise = prepare_human_answers(answers)
-    pred = _clean_whitespace(prediction)
+    pred = clean_whitespace(prediction)
     if normalise:
         pred = normalize_answer(pred)
     matches = sum(1 for a in human if a == pred)
-    return _leave_one_out_accuracy(matches, human, pred)
+    return leave_one_out_accuracy(matches, human, pred)
 
 
-def _leave_one_out_accuracy(matches: int, human: Sequence[str], pred: str) -> float:
+def leave_one_out_accuracy(matches: int, human: Sequence[str], pred: str) -> float:
+    """Mean over the human answers of ``min(1, matches among the other answers / 3)``.
+
+    Args:
+        matches: how many of ``human`` equal ``pred``.
+        human: the human answers as compared (already normalised or not).
+        pred: the prediction as compared.
+    """
     # Answers that equal the prediction see (matches - 1) others; the rest see `matches`.
     total = 0.0
     for a in human:
@@ -142,7 +168,7 @@ def soft_scores(answers: Sequence[str]) -> dict[str, float]:
         return {}
     human, _ = prepare_human_answers(answers)
     counts = Counter(human)
-    return {a: _leave_one_out_accuracy(n, human, a) for a, n in counts.items()}
+    return {a: leave_one_out_accuracy(n, human, a) for a, n in counts.items()}
 
 
 def aggregate(per_question: dict, answer_types: dict) -> dict:

@@ -141,6 +141,8 @@ class LRCNOutput:
 class LRCN(nn.Module):
     """The LRCN family: question encoder, image input path, co-attention stacking, fusion head.
 
+    Reads both modalities (``uses_image``; a text-only baseline sets it False).
+
     Args:
         cfg: the model configuration (variant, layers, lrm, sizes, grid reduction).
         vocab_size: number of question tokens, id 0 being the pad.
@@ -149,6 +151,8 @@ class LRCN(nn.Module):
         word_vectors: optional (vocab_size, word_dim) matrix (GloVe) that initialises the
             word embedding; the embedding is learned from scratch when None.
     """
+
+    uses_image = True
 
     def __init__(
         self,
@@ -162,6 +166,7 @@ class LRCN(nn.Module):
         _check_config(cfg)
         self.variant = cfg.variant
         self.grid_channels = grid_channels
+        self.fused_dim = cfg.fused_dim
         D = cfg.d_model
 
         # question encoder: word embedding -> one-layer LSTM, Y in R^{T x D}

@@ -12,6 +12,7 @@ import torch
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
+from lrcn.models.baselines import CNNLSTM, ImageOnly, LateFusion, TextOnly
 from lrcn.models.image_encoders import build_image_encoder
 from lrcn.models.lrcn import LRCN
 from lrcn.models.vqa_model import VQAModel
@@ -76,4 +77,58 @@ def lrcn(
     encoder = build_image_encoder(cfg, random_weights=random_weights)
     grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
     net = LRCN(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
-    return VQAModel(encoder, net)
+    return VQAModel(encoder, net, cfg.task)
+
+
+def _baseline(
+    net_class: type[LateFusion],
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None,
+    random_weights: bool,
+) -> VQAModel:
+    """A baseline behind the image encoder ``cfg.image_encoder``, built as ``lrcn`` is
+    (a text-only baseline has no image encoder: it never reads the image)."""
+    encoder = None
+    if net_class.uses_image:
+        encoder = build_image_encoder(cfg, random_weights=random_weights)
+    grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
+    net = net_class(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
+    return VQAModel(encoder, net, cfg.task)
+
+
+@register_model("cnn_lstm")
+def cnn_lstm(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """Late-fusion CNN + BiLSTM baseline (the VizWiz report's model, defects fixed)."""
+    return _baseline(CNNLSTM, cfg, vocab_size, num_answers, word_vectors, random_weights)
+
+
+@register_model("text_only")
+def text_only(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """Question-only baseline (BiLSTM + attention pooling + MLP)."""
+    return _baseline(TextOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)
+
+
+@register_model("image_only")
+def image_only(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """Image-only baseline (mean-pooled grid + MLP); the question is not read."""
+    return _baseline(ImageOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)

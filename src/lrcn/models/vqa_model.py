@@ -6,26 +6,48 @@ each question is about, so an image shared by several questions is encoded once 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from lrcn.errors import LrcnError
 from lrcn.models.image_encoders import GridEncoder
-from lrcn.models.lrcn import LRCN, LRCNOutput
+from lrcn.models.lrcn import LRCNOutput
+
+
+TASKS = ("answer", "answerable", "both")
+
+
+@dataclass
+class VQAOutput:
+    """Everything one forward pass gives: both heads' logits and the pooling weights."""
+
+    answer: torch.Tensor                # (B, K) answer logits
+    answerable: torch.Tensor | None     # (B,) answerability logits; None without that head
+    image_weights: torch.Tensor         # (B, N) attention-pooling weights over image regions
+    question_weights: torch.Tensor      # (B, T) attention-pooling weights over question tokens
 
 
 class VQAModel(nn.Module):
-    """Image encoder (or precomputed grids when ``encoder`` is None) + LRCN.
+    """Image encoder (or precomputed grids when ``encoder`` is None) + a net (LRCN or a baseline).
 
     Args:
         encoder: maps images to grids; None when the model reads precomputed grid features.
-        net: the LRCN that answers questions about grids.
+        net: answers questions about grids: ``forward_features`` gives the fused vector,
+            ``forward_head`` the answer logits.
+        task: ``answer``, ``answerable`` or ``both``; the last two add an answerability head,
+            one logit on the fused vector (VizWiz: can the photo answer the question?).
     """
 
-    def __init__(self, encoder: GridEncoder | None, net: LRCN) -> None:
+    def __init__(self, encoder: GridEncoder | None, net: nn.Module, task: str = "answer") -> None:
         super().__init__()
+        if task not in TASKS:
+            raise LrcnError(f"model.task = {task!r} is not one of {', '.join(TASKS)}")
         self.encoder = encoder
         self.net = net
+        self.task = task
+        self.answerable_head = nn.Linear(net.fused_dim, 1) if task != "answer" else None
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (U, 3, H, W) -> grids (U, h, w, C), e.g. to cache frozen features."""
@@ -78,7 +100,10 @@ class VQAModel(nn.Module):
             grid: precomputed grids (B or U, H, W, C) or (B or U, N, C); exclusive with ``images``.
             grid_mask: (B, N) True = valid region, per question; None means all valid.
         """
-        grid = self._grid(images, image_index, grid, tokens.shape[0])
+        if self.net.uses_image:
+            grid = self._grid(images, image_index, grid, tokens.shape[0])
+        else:
+            grid = grid_mask = None  # a text-only net never looks at the image
         return self.net.forward_features(tokens, grid, grid_mask)
 
     def forward(
@@ -93,9 +118,26 @@ class VQAModel(nn.Module):
         fused = self.forward_features(tokens, images, image_index, grid, grid_mask).fused
         return self.net.forward_head(fused)
 
+    def forward_all(
+        self,
+        tokens: torch.Tensor,
+        images: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        grid: torch.Tensor | None = None,
+        grid_mask: torch.Tensor | None = None,
+    ) -> VQAOutput:
+        """Answer and answerability logits and the pooling weights, in one pass."""
+        out = self.forward_features(tokens, images, image_index, grid, grid_mask)
+        answerable = None
+        if self.answerable_head is not None:
+            answerable = self.answerable_head(out.fused).squeeze(-1)  # (B,)
+        return VQAOutput(self.net.forward_head(out.fused), answerable, out.image_weights,
+                         out.question_weights)
+
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
-        """Parameters of the encoder and the LRCN (word embedding excluded by default)."""
+        """Parameters of the encoder, the net and the heads (word embedding excluded by default)."""
         n = self.net.num_parameters(exclude_embeddings)
-        if self.encoder is not None:
-            n += sum(p.numel() for p in self.encoder.parameters())
+        for part in (self.encoder, self.answerable_head):
+            if part is not None:
+                n += sum(p.numel() for p in part.parameters())
         return n
