@@ -83,7 +83,10 @@ def test_shapes_weights_and_gradients(arch: str, layout: str) -> None:
 def test_small_cnn_model_answers_from_pixels(arch: str) -> None:
     torch.manual_seed(0)
     model = create_model(tiny_cfg(arch=arch, image_encoder="small_cnn"), VOCAB, ANSWERS)
-    assert model.net.grid_channels == 8  # the SmallCNN's width, not feature_channels
+    if model.net.uses_image:
+        assert model.net.grid_channels == 8  # the SmallCNN's width, not feature_channels
+    else:
+        assert model.encoder is None  # text_only never reads the image: no CNN at all
     images = torch.randn(2, 3, 32, 32)
     logits = model(tokens_with_pads(), images=images, image_index=torch.tensor([0, 1, 1]))
     assert logits.shape == (3, ANSWERS)

@@ -55,7 +55,8 @@ def records_with_provenance(root: Path, split: str) -> list[tuple[dict, dict]]:
 
 def source_path(key: str) -> Path:
     split, image_id = key.split("/")
-    paths = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
+    paths = (easy_vqa.get_train_image_paths() if split == "train"
+             else easy_vqa.get_test_image_paths())
     return Path(paths[int(image_id)])
 
 

@@ -98,6 +98,26 @@ def test_train_both_tasks_on_vizwiz_then_write_both_submissions(
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val"]
     assert result.json["overall"] == pytest.approx(last["overall"])
     assert result.json["answerability"] == pytest.approx(last["answerability"])
+    # ... and so does the official scoring of the two submission files it wrote
+    scored = run_cli(capsys, "score", "--format", "vizwiz", "--annotations",
+                     vizwiz_root / "Annotations" / "val.json", "--results",
+                     result.json["results"], "--answerable", result.json["answerable_results"],
+                     "--json")
+    assert scored.code == 0, scored.err
+    assert scored.json["overall"] == pytest.approx(last["overall"])
+    assert scored.json["answerability"] == pytest.approx(last["answerability"])
+    wrong = run_cli(capsys, "score", "--format", "vizwiz", "--annotations",
+                    vizwiz_root / "Annotations" / "val.json", "--results",
+                    result.json["results"], "--answerable", answerable_path_of_test(answerable,
+                                                                                  tmp_path))
+    assert wrong.code == 2 and "not for the images of" in wrong.err
+
+
+def answerable_path_of_test(records: list, tmp_path: Path) -> Path:
+    """An answerability submission for other images (the test split's)."""
+    path = tmp_path / "test_answerable.json"
+    path.write_text(json.dumps(records))
+    return path
 
 
 def test_answerable_task_alone_and_ce_answer_loss(vizwiz_root: Path, tmp_path: Path,

@@ -329,9 +329,10 @@ def test_coverage_messages(small: tuple[Path, Path], tmp_path: Path) -> None:
 
 def test_score_vizwiz_lists_a_few_missing() -> None:
     annotations = [_record(f"{i}.jpg", ["yes"]) for i in range(8)]
-    with pytest.raises(LrcnError, match=r"8 annotated images have no result "
-                                         r"\(e.g. '0.jpg', '1.jpg', '2.jpg', '3.jpg', '4.jpg', \.\.\.\)"):
+    with pytest.raises(LrcnError) as info:
         score_vizwiz(annotations, [])
+    assert ("8 annotated images have no result "
+            "(e.g. '0.jpg', '1.jpg', '2.jpg', '3.jpg', '4.jpg', ...)") in str(info.value)
 
 
 # --------------------------------------------------------------------------- CLI

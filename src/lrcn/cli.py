@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["vqa2", "vizwiz"], default="vqa2",
                    help="evaluator to score with (default: vqa2)")
     p.add_argument("--annotations", required=True,
-                   help="official annotations JSON (for vizwiz: the VizWiz split file, e.g. val.json)")
+                   help="official annotations JSON (vizwiz: the split file, e.g. val.json)")
     p.add_argument("--results", required=True, help='results JSON: [{"question_id", "answer"}]; '
                    'for vizwiz [{"image", "answer", "answerable" (optional probability)}]')
     p.add_argument("--questions", help="official questions JSON (checked against the annotations; "
                    "vqa2 only)")
+    p.add_argument("--answerable", help='vizwiz: the answerability submission [{"image", '
+                   '"answerable"}], when not in --results')
     p.add_argument("--per-question", help="write {question_id: accuracy} to this JSON file")
     p.add_argument("--json", action="store_true")
 
@@ -242,11 +244,13 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         if args.questions:
             raise LrcnError("--questions is not used with --format vizwiz: VizWiz annotation "
                             "files hold the questions")
-        summary = score_vizwiz_files(args.annotations, args.results)
+        summary = score_vizwiz_files(args.annotations, args.results, args.answerable)
         per_question = summary.pop("per_question")
         if args.per_question:
             write_per_question(per_question, args.per_question)
         return summary
+    if args.answerable:
+        raise LrcnError("--answerable is for --format vizwiz")
     report = score_files(args.annotations, args.results, args.questions)
     if args.per_question:
         write_per_question(report, args.per_question)
@@ -278,7 +282,8 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         for answer_type, acc in summary.get("per_answer_type", {}).items():
             print(f"  {answer_type:<14}{acc:.2f}%")
     if "answerability" in summary:
-        print("Unanswerability AP: {average_precision:.2f}%  F1: {f1:.2f}%".format(**summary["answerability"]))
+        print("Unanswerability AP: {average_precision:.2f}%  F1: {f1:.2f}%".format(
+            **summary["answerability"]))
     for key in ("run_dir", "results", "answerable_results", "store"):
         if key in summary:
             print(f"{key.replace('_', ' ')}: {summary[key]}")

@@ -38,12 +38,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from lrcn.data.easyvqa import package_split
 from lrcn.data.vizwiz import VIZWIZ_SPLITS, vizwiz_image_name
 from lrcn.errors import LrcnError
 
@@ -169,14 +171,7 @@ def _source_split(split: str) -> SourceSplit:
     Images whose questions leave the shape open (about 4 %) are left out; a contradiction
     is an error.
     """
-    try:
-        import easy_vqa
-    except ImportError:
-        raise LrcnError("easy-VQA is not installed: pip install easy-vqa") from None
-    if split == "train":
-        (texts, answers, ids), images = easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()
-    else:
-        (texts, answers, ids), images = easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths()
+    texts, answers, ids, images = package_split(split)
     present: dict[int, set[str]] = {i: set() for i in images}
     absent: dict[int, set[str]] = {i: set() for i in images}
     for text, answer, image_id in zip(texts, answers, ids):
@@ -454,8 +449,6 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _generate(out: Path, seed: int, sizes: dict[str, int]) -> None:
     """Write the whole dataset into the empty folder ``out``, the meta file last."""
-    from importlib.metadata import version
-
     pools = _image_pools(seed)
     (out / "Annotations").mkdir()
     provenance = {}
@@ -507,7 +500,8 @@ def build_easy_vizwiz(root: Path, seed: int = DEFAULT_SEED,
         tmp.rename(root)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise LrcnError(f"cannot create {root}: {exc.strerror} (was it created meanwhile?)") from None
+        raise LrcnError(f"cannot create {root}: {exc.strerror} "
+                        "(was it created meanwhile?)") from None
     return root
 
 

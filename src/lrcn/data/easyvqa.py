@@ -15,6 +15,17 @@ from lrcn.errors import LrcnError
 EASYVQA_SPLITS = ("train", "test")
 
 
+def package_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, str]]:
+    """(questions, answers, image ids, image id -> path) of the installed package's split."""
+    try:
+        import easy_vqa
+    except ImportError:
+        raise LrcnError("easy-VQA is not installed: pip install easy-vqa") from None
+    if split == "train":
+        return (*easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths())
+    return (*easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths())
+
+
 def read_easyvqa(split: str) -> VQASplit:
     """Read the ``train`` or ``test`` split of the installed easy-VQA package.
 
@@ -26,17 +37,9 @@ def read_easyvqa(split: str) -> VQASplit:
         raise LrcnError(
             f"easy-VQA has no split {split!r}; known splits: {', '.join(EASYVQA_SPLITS)}"
         )
-    try:
-        import easy_vqa
-    except ImportError:
-        raise LrcnError("easy-VQA is not installed: pip install easy-vqa") from None
+    texts, answers, image_ids, image_paths = package_split(split)
+    import easy_vqa
 
-    if split == "train":
-        texts, answers, image_ids = easy_vqa.get_train_questions()
-        image_paths = easy_vqa.get_train_image_paths()
-    else:
-        texts, answers, image_ids = easy_vqa.get_test_questions()
-        image_paths = easy_vqa.get_test_image_paths()
     image_root = Path(easy_vqa.__file__).resolve().parent / "data" / split
     questions_file = image_root / "questions.json"
 

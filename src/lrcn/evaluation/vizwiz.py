@@ -152,6 +152,22 @@ def read_vizwiz_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
+def read_answerability_results(path: str | os.PathLike[str]) -> dict[str, float]:
+    """VizWiz's answerability submission ``[{"image", "answerable"}]``: image -> probability."""
+    p = Path(path)
+    out: dict[str, float] = {}
+    for i, entry in enumerate(read_record_list(p, None, "answerability results")):
+        where = describe_vizwiz_record(entry, i)
+        check_record(p, entry, where, {"image": str})
+        if "answerable" not in entry:
+            raise LrcnError(f"{p}: {where}: missing key 'answerable'")
+        _check_probability(p, where, entry["answerable"])
+        if entry["image"] in out:
+            raise LrcnError(f"{p}: {where}: duplicate image {short_repr(entry['image'])}")
+        out[entry["image"]] = entry["answerable"]
+    return out
+
+
 def _check_probability(path: Path, where: str, value: Any) -> None:
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or not 0.0 <= value <= 1.0):
@@ -219,11 +235,28 @@ def score_vizwiz(annotations: Sequence[Mapping[str, Any]],
 
 
 def score_vizwiz_files(annotations_path: str | os.PathLike[str],
-                       results_path: str | os.PathLike[str]) -> dict[str, Any]:
+                       results_path: str | os.PathLike[str],
+                       answerable_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Read a VizWiz annotation file and a results file and score them (see
-    :func:`score_vizwiz`); every problem is an LrcnError naming the file and record."""
+    :func:`score_vizwiz`); every problem is an LrcnError naming the file and record.
+
+    ``answerable_path`` is the separate answerability submission ``[{"image",
+    "answerable"}]`` (as ``lrcn evaluate`` writes it); its images must be the results'.
+    """
     annotations = read_vizwiz_annotations(annotations_path)
     results = read_vizwiz_results(results_path)
+    if answerable_path is not None:
+        probabilities = read_answerability_results(answerable_path)
+        if any("answerable" in r for r in results):
+            raise LrcnError(f"{Path(results_path)} already gives 'answerable'; drop "
+                            f"{Path(answerable_path)} or the key")
+        missing = [r["image"] for r in results if r["image"] not in probabilities]
+        extra = set(probabilities) - {r["image"] for r in results}
+        if missing or extra:
+            raise LrcnError(f"{Path(answerable_path)}: not for the images of {Path(results_path)}"
+                            f": {len(missing)} missing (e.g. {_examples(missing)}), "
+                            f"{len(extra)} extra (e.g. {_examples(sorted(extra))})")
+        results = [{**r, "answerable": probabilities[r["image"]]} for r in results]
     try:
         return score_vizwiz(annotations, results)
     except LrcnError as exc:

@@ -30,7 +30,7 @@ from torch import nn
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
-from lrcn.models.layers import AttentionPool
+from lrcn.models.layers import AttentionPool, word_embedding
 from lrcn.models.lrcn import LRCNOutput
 
 
@@ -57,15 +57,7 @@ class QuestionEncoder(nn.Module):
         word_vectors: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
-        if word_vectors is not None:
-            if tuple(word_vectors.shape) != (vocab_size, word_dim):
-                raise LrcnError(
-                    f"word vectors have shape {tuple(word_vectors.shape)}, expected "
-                    f"(vocab_size={vocab_size}, word_dim={word_dim})"
-                )
-            with torch.no_grad():
-                self.embed.weight.copy_(word_vectors)
+        self.embed = word_embedding(vocab_size, word_dim, word_vectors)
         self.lstm = nn.LSTM(word_dim, d_model // 2, num_layers=1, batch_first=True,
                             bidirectional=True)
         self.pool = AttentionPool(d_model, pool_hidden, dropout)

@@ -146,3 +146,18 @@ class AttentionPool(nn.Module):
             weights = weights * mask.to(weights.dtype)  # a row with no valid position -> zeros
         pooled = torch.bmm(weights.unsqueeze(1), x).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
         return pooled, weights
+
+
+def word_embedding(vocab_size: int, word_dim: int,
+                   word_vectors: torch.Tensor | None = None) -> nn.Embedding:
+    """Word embedding with pad id 0, initialised from `word_vectors` (GloVe) when given."""
+    embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+    if word_vectors is not None:
+        if tuple(word_vectors.shape) != (vocab_size, word_dim):
+            raise LrcnError(
+                f"word vectors have shape {tuple(word_vectors.shape)}, expected "
+                f"(vocab_size={vocab_size}, word_dim={word_dim})"
+            )
+        with torch.no_grad():
+            embed.weight.copy_(word_vectors)
+    return embed

@@ -21,7 +21,7 @@ from torch import nn
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
-from lrcn.models.layers import AttentionPool, FeedForward, MultiHeadAttention
+from lrcn.models.layers import AttentionPool, FeedForward, MultiHeadAttention, word_embedding
 
 VARIANTS = ("ed", "st", "cst")
 LRM_PLACEMENTS = ("none", "sa", "ga", "both")
@@ -170,15 +170,7 @@ class LRCN(nn.Module):
         D = cfg.d_model
 
         # question encoder: word embedding -> one-layer LSTM, Y in R^{T x D}
-        self.embed = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=0)
-        if word_vectors is not None:
-            if tuple(word_vectors.shape) != (vocab_size, cfg.word_dim):
-                raise LrcnError(
-                    f"word vectors have shape {tuple(word_vectors.shape)}, expected "
-                    f"(vocab_size={vocab_size}, word_dim={cfg.word_dim})"
-                )
-            with torch.no_grad():
-                self.embed.weight.copy_(word_vectors)
+        self.embed = word_embedding(vocab_size, cfg.word_dim, word_vectors)
         self.lstm = nn.LSTM(cfg.word_dim, D, num_layers=1, batch_first=True)
 
         # image input path: optional 2x2 stride-2 grid reduction, then Linear C -> D

@@ -115,8 +115,7 @@ class VQAModel(nn.Module):
         grid_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Answer logits (B, K); same inputs as ``forward_features``."""
-        fused = self.forward_features(tokens, images, image_index, grid, grid_mask).fused
-        return self.net.forward_head(fused)
+        return self.forward_all(tokens, images, image_index, grid, grid_mask).answer
 
     def forward_all(
         self,
