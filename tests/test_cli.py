@@ -114,7 +114,7 @@ def test_evaluate_val_then_score(vqa2_run: tuple[Result, Path], vqa2_layout: VQA
 
     human = run_cli(capsys, "score", "--annotations", vqa2_layout.val_annotations,
                     "--results", results)
-    assert human.code == 0 and human.out.startswith("VQA accuracy: ")
+    assert human.code == 0 and human.out.startswith("answer accuracy: ")
 
 
 def test_evaluate_test_split_writes_results_without_accuracy(

@@ -278,7 +278,7 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
             print(f"  {a['score']:7.2%}  {a['answer']}")
         return
     if "overall" in summary:
-        print(f"VQA accuracy: {summary['overall']:.2f}%")
+        print(f"answer accuracy: {summary['overall']:.2f}%")
         for answer_type, acc in summary.get("per_answer_type", {}).items():
             print(f"  {answer_type:<14}{acc:.2f}%")
     if "answerability" in summary:
