@@ -231,8 +231,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     if args.top_k < 1:
         raise LrcnError("--top-k must be at least 1")
     loaded = load_model(args.checkpoint, args.device)
-    answers = answer_question(loaded, Path(args.image), args.question, args.top_k)
-    return {"question": args.question, "image": args.image, "answers": answers}
+    prediction = answer_question(loaded, Path(args.image), args.question, args.top_k)
+    return {"question": args.question, "image": args.image, **prediction.to_dict()}
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from lrcn.config import DataConfig
@@ -15,7 +18,7 @@ from lrcn.data.batches import (EncodedSplit, InMemoryGrids, batch_loader, encode
                                 iterate_images)
 from lrcn.data.images import ImageTable, normalize
 from lrcn.data.records import VQASplit
-from lrcn.data.text import WordVocab
+from lrcn.data.text import WordVocab, tokenize
 from lrcn.engine.checkpoint import Checkpoint, load_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.errors import LrcnError
@@ -142,24 +145,86 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(ckpt, model, dev)
 
 
+@dataclass
+class Prediction:
+    """What the model says about one image and question, with where it looked."""
+
+    answers: list[dict[str, float | str]]  # top-k [{"answer", "score"}], score = sigmoid(logit)
+    answerable: float | None               # P(answerable); None without that head
+    image_attention: list[list[float]]     # (h, w) attention-pooling weights over the grid
+    question_tokens: list[str]             # the words the model read (at most max_question_tokens)
+    question_attention: list[float]        # one pooling weight per word
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @torch.no_grad()
-def answer_question(loaded: LoadedModel, image_path: Path, question: str,
-                    top_k: int = 5) -> list[dict[str, float | str]]:
-    """Top-k answers with their probabilities (sigmoid of the logits) for one image."""
-    from lrcn.data.images import load_image, resize_transform
+def predict_images(loaded: LoadedModel, images: Sequence[Image.Image], questions: Sequence[str],
+                   top_k: int = 5) -> list[Prediction]:
+    """Answer one question about each PIL image, in one batched forward pass.
+
+    The attention maps are the model's own pooling weights from that pass (no second pass).
+    Raises LrcnError for a question without words, or a checkpoint that reads features.
+    """
+    from lrcn.data.images import resize_transform
 
     cfg = loaded.checkpoint.config
-    try:
-        ids = loaded.word_vocab.encode(question, cfg.data.max_question_tokens)
-    except LrcnError as exc:
-        raise LrcnError(f"question {question!r}: {exc}") from None
-    if cfg.model.image_encoder == "features":
-        raise LrcnError("this checkpoint reads precomputed features; it cannot answer from an image file")
-    pixels = resize_transform(cfg.data.image_size)(load_image(image_path)).unsqueeze(0)
-    tokens = torch.tensor([ids], dtype=torch.long, device=loaded.device)
-    logits = loaded.model(tokens=tokens, images=normalize(pixels.to(loaded.device)))
-    probs = torch.sigmoid(logits[0])
-    k = max(1, min(top_k, probs.numel()))
-    scores, index = probs.topk(k)
-    return [{"answer": loaded.answer_vocab.answer(i), "score": float(s)}
-            for s, i in zip(scores.tolist(), index.tolist())]
+    if loaded.model.encoder is None and loaded.model.net.uses_image:
+        raise LrcnError("this checkpoint reads precomputed features; it cannot answer from an "
+                        "image file")
+    if len(images) != len(questions) or not images:
+        raise LrcnError(f"{len(images)} images for {len(questions)} questions")
+    max_len = cfg.data.max_question_tokens
+    ids = []
+    for question in questions:
+        try:
+            ids.append(loaded.word_vocab.encode(question, max_len))
+        except LrcnError as exc:
+            raise LrcnError(f"question {question!r}: {exc}") from None
+    transform = resize_transform(cfg.data.image_size)
+    pixels = torch.stack([transform(image.convert("RGB")) for image in images])  # (B, 3, S, S)
+    tokens = torch.tensor(ids, dtype=torch.long, device=loaded.device)  # (B, T)
+    images_t = normalize(pixels.to(loaded.device))
+    grid = loaded.model.encode_images(images_t) if loaded.model.net.uses_image else None
+    out = loaded.model.forward_all(tokens, grid=grid)
+    probs = torch.sigmoid(out.answer).cpu()  # (B, K)
+    k = max(1, min(top_k, probs.shape[1]))
+    scores, index = probs.topk(k, dim=1)
+    answerable = None if out.answerable is None else torch.sigmoid(out.answerable).cpu().tolist()
+    predictions = []
+    for b, question in enumerate(questions):
+        words = tokenize(question)[:max_len]
+        image_weights = out.image_weights[b].cpu()
+        predictions.append(Prediction(
+            answers=[{"answer": loaded.answer_vocab.answer(i), "score": float(sc)}
+                     for sc, i in zip(scores[b].tolist(), index[b].tolist())],
+            answerable=None if answerable is None else float(answerable[b]),
+            image_attention=_as_grid(image_weights, None if grid is None else grid.shape[1:3]),
+            question_tokens=words,
+            question_attention=out.question_weights[b, : len(words)].cpu().tolist(),
+        ))
+    return predictions
+
+
+def _as_grid(weights: torch.Tensor, spatial: tuple[int, int] | None) -> list[list[float]]:
+    """Pooling weights (N,) as rows of the grid the model attended over.
+
+    N is h * w of the encoder's grid, or of the grid after the 2x2 reduction (each side
+    halved, rounded up); a model that reads no image has no weights.
+    """
+    if spatial is None or weights.numel() == 0:
+        return []
+    h, w = spatial
+    for rows, cols in ((h, w), (-(-h // 2), -(-w // 2))):
+        if rows * cols == weights.numel():
+            return weights.view(rows, cols).tolist()
+    raise LrcnError(f"{weights.numel()} attention weights do not fit a {h}x{w} grid")
+
+
+def answer_question(loaded: LoadedModel, image_path: Path, question: str,
+                    top_k: int = 5) -> Prediction:
+    """Top-k answers (and attention) for a question about an image file."""
+    from lrcn.data.images import load_image
+
+    return predict_images(loaded, [load_image(image_path)], [question], top_k)[0]
