@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--attention-map", metavar="OUT.png",
+                   help="also draw where the model looked (image heat map, shaded question "
+                   "words, answers) into this PNG; missing folders are created")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("score", help="score a results file against VQA-v2 or VizWiz annotations")
@@ -107,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                    '"answerable"}], when not in --results')
     p.add_argument("--per-question", help="write {question_id: accuracy} to this JSON file")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a demo page")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest image file accepted, in MB (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="most requests answered by one forward pass (default: %(default)s)")
+    p.set_defaults(json=False)
 
     from lrcn.features.commands import add_features_parser
     add_features_parser(sub)
@@ -226,13 +240,24 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from lrcn.engine.inference import answer_question, load_model
+    from lrcn.data.images import load_image
+    from lrcn.engine.inference import load_model, predict_images
 
     if args.top_k < 1:
         raise LrcnError("--top-k must be at least 1")
+    out = None
+    if args.attention_map is not None:
+        from lrcn.serve.attention_map import check_png_path
+        out = check_png_path(args.attention_map)  # fail before the model runs
     loaded = load_model(args.checkpoint, args.device)
-    prediction = answer_question(loaded, Path(args.image), args.question, args.top_k)
-    return {"question": args.question, "image": args.image, **prediction.to_dict()}
+    image = load_image(Path(args.image))
+    prediction = predict_images(loaded, [image], [args.question], args.top_k)[0]
+    summary = {"question": args.question, "image": args.image, **prediction.to_dict()}
+    if out is not None:
+        from lrcn.serve.attention_map import render_attention_map, save_attention_map
+        save_attention_map(render_attention_map(image, prediction, args.question), out)
+        summary["attention_map"] = str(out)
+    return summary
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,13 +282,43 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return report.to_dict()
 
 
+def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the HTTP server until interrupted; the socket is bound first, so a busy port is
+    an error message, not a traceback."""
+    import socket
+
+    import uvicorn
+
+    from lrcn.engine.inference import load_model
+    from lrcn.serve.app import ServeSettings, create_app
+
+    if args.max_upload_mb <= 0:
+        raise LrcnError("--max-upload-mb must be positive")
+    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                             max_batch=args.max_batch)
+    app = create_app(load_model(args.checkpoint, args.device), settings)
+    try:
+        family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((args.host, args.port), family=family)
+    except (OSError, OverflowError) as exc:
+        raise LrcnError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    log.info("serving %s on http://%s:%d (API docs at /docs)", args.checkpoint, args.host,
+             args.port)
+    # log_config=None: uvicorn logs through the root logger set up in main(), to stderr.
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None))
+    with sock:
+        server.run(sockets=[sock])
+    return {"served": f"http://{args.host}:{args.port}"}
+
+
 def cmd_features(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.features.commands import run_features
     return run_features(args)
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "score": cmd_score, "features": cmd_features}
+            "predict": cmd_predict, "score": cmd_score, "features": cmd_features,
+            "serve": cmd_serve}
 
 
 # --------------------------------------------------------------------------- output
@@ -276,6 +331,10 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         print(f"Q: {summary['question']}")
         for a in summary["answers"]:
             print(f"  {a['score']:7.2%}  {a['answer']}")
+        if summary.get("answerable") is not None:
+            print(f"P(answerable): {summary['answerable']:.2%}")
+        if "attention_map" in summary:
+            print(f"attention map: {summary['attention_map']}")
         return
     if "overall" in summary:
         print(f"answer accuracy: {summary['overall']:.2f}%")

@@ -1,0 +1,1 @@
+"""Serving predictions: attention maps (and a web demo)."""
