@@ -197,3 +197,15 @@ def make_vqa2_layout(root: Path) -> VQA2Layout:
 def vqa2_layout(tmp_path_factory: pytest.TempPathFactory) -> VQA2Layout:
     """One tiny VQA-v2 layout shared (read-only) by the whole session."""
     return make_vqa2_layout(tmp_path_factory.mktemp("vqa2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_easyvqa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny epoch of the default (small-CNN LRCN) model on 200 easy-VQA questions,
+    trained once per session for the tests that need any trained checkpoint."""
+    out = tmp_path_factory.mktemp("runs") / "easyvqa-tiny"
+    result = run_cli_uncaptured("train", "--epochs", "1", "--out", out, "--json",
+                                *tiny_set_args(), "--set", "data.train_limit=200",
+                                "--set", "data.val_limit=50")
+    assert result.code == 0, result.err
+    return out

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, run_cli_uncaptured, tiny_set_args
+from conftest import run_cli
 from lrcn.cli import print_human
 from lrcn.data.images import load_image
 from lrcn.data.text import tokenize
@@ -25,14 +25,8 @@ LONG_QUESTION = ("is there a shape in the image and if there is one what color i
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny epoch of the small-CNN LRCN on 200 easy-VQA questions."""
-    out = tmp_path_factory.mktemp("runs") / "easyvqa"
-    result = run_cli_uncaptured(
-        "train", "--epochs", "1", "--out", out, "--json", *tiny_set_args(),
-        "--set", "data.train_limit=200", "--set", "data.val_limit=50")
-    assert result.code == 0, result.err
-    return out
+def run(tiny_easyvqa_run: Path) -> Path:
+    return tiny_easyvqa_run
 
 
 def easyvqa_image() -> Path:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_cli_uncaptured, tiny_set_args
+from conftest import run_cli
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
@@ -30,13 +30,8 @@ QUESTION = "What is the red shape?"
 # --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "run"
-    result = run_cli_uncaptured("train", "--epochs", "1", "--out", out, "--json",
-                                *tiny_set_args(), "--set", "data.train_limit=200",
-                                "--set", "data.val_limit=50")
-    assert result.code == 0, result.err
-    return out
+def checkpoint(tiny_easyvqa_run: Path) -> Path:
+    return tiny_easyvqa_run
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from conftest import run_cli_uncaptured, tiny_set_args
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -65,13 +64,8 @@ def _easyvqa_image(index: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("web") / "run"
-    result = run_cli_uncaptured("train", "--epochs", "1", "--out", out, "--json",
-                                *tiny_set_args(), "--set", "data.train_limit=200",
-                                "--set", "data.val_limit=50")
-    assert result.code == 0, result.err
-    return out
+def checkpoint(tiny_easyvqa_run: Path) -> Path:
+    return tiny_easyvqa_run
 
 
 @pytest.fixture(scope="module")
