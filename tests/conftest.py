@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from lrcn.cli import main
+from lrcn.errors import LrcnError
 
 # The models of the tests are tiny: a second thread buys nothing and, on a busy machine,
 # oversubscribed cores make every step many times slower.
@@ -209,3 +211,14 @@ def tiny_easyvqa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 "--set", "data.val_limit=50")
     assert result.code == 0, result.err
     return out
+
+
+@contextmanager
+def raises_naming(path: Path, *fragments: str) -> Iterator[None]:
+    """Expect an LrcnError whose message names the file and contains every fragment."""
+    with pytest.raises(LrcnError) as info:
+        yield
+    message = str(info.value)
+    assert path.name in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)

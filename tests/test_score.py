@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import raises_naming as _raises
 
 from lrcn.errors import LrcnError
 from lrcn.evaluation.score import (
@@ -49,17 +49,6 @@ def _annotation(qid: int, answer_type: str = "yes/no", answers: Any = None) -> d
 def _annotations_file(path: Path, annotations: list[Any]) -> Path:
     return _write(path, {"info": {}, "license": {}, "data_type": "mscoco",
                          "data_subtype": "val2014", "annotations": annotations})
-
-
-@contextmanager
-def _raises(path: Path, *fragments: str) -> Iterator[None]:
-    """Expect an LrcnError whose message names the file and contains every fragment."""
-    with pytest.raises(LrcnError) as info:
-        yield
-    message = str(info.value)
-    assert path.name in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
 
 
 @pytest.fixture

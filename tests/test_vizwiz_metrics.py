@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Result, run_cli
+from conftest import raises_naming as _raises, Result, run_cli
 from lrcn.errors import LrcnError
 from lrcn.evaluation.vizwiz import (
     answerability_metrics,
@@ -65,17 +63,6 @@ def small(tmp_path: Path) -> tuple[Path, Path]:
         {"image": "VizWiz_val_00000002.jpg", "answer": "unanswerable", "answerable": 0.2},
     ])
     return ann, res
-
-
-@contextmanager
-def _raises(path: Path, *fragments: str) -> Iterator[None]:
-    """Expect an LrcnError whose message names the file and contains every fragment."""
-    with pytest.raises(LrcnError) as info:
-        yield
-    message = str(info.value)
-    assert path.name in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
 
 
 def _assert_cli_error(result: Result, *fragments: str) -> None:

@@ -169,6 +169,16 @@ def _check_meta(meta: Any, path: Path) -> None:
             raise LrcnError(f"{path}: checksum.mask must be null when has_mask is false")
 
 
+def _read_json(path: Path, when_missing: str) -> Any:
+    """A store file parsed as JSON; LrcnError naming it when missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LrcnError(f"{path}: {when_missing}") from None
+    except (OSError, ValueError) as exc:
+        raise LrcnError(f"{path}: cannot read as JSON ({exc})") from None
+
+
 class _MappedArray:
     """A read-only .npy array viewed through ``mmap``, whose pages are dropped after each read."""
 
@@ -213,12 +223,7 @@ class FeatureStore:
                     if partial_path(self.path).exists() else "")
             raise LrcnError(f"feature store not found: {self.path}{hint}")
         meta_path = self.path / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise LrcnError(f"{meta_path}: missing; {self.path} is not a complete feature store") from None
-        except (OSError, ValueError) as exc:
-            raise LrcnError(f"{meta_path}: cannot read as JSON ({exc})") from None
+        meta = _read_json(meta_path, f"missing; {self.path} is not a complete feature store")
         _check_meta(meta, meta_path)
         self.meta: dict[str, Any] = meta
         self.count: int = meta["count"]
@@ -234,12 +239,7 @@ class FeatureStore:
             self._mask_offset = check_npy(self.path / "mask.npy", shape[:-1], np.dtype(bool))
 
         keys_path = self.path / "keys.json"
-        try:
-            keys = json.loads(keys_path.read_text())
-        except FileNotFoundError:
-            raise LrcnError(f"{keys_path}: missing from the feature store") from None
-        except (OSError, ValueError) as exc:
-            raise LrcnError(f"{keys_path}: cannot read as JSON ({exc})") from None
+        keys = _read_json(keys_path, "missing from the feature store")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise LrcnError(f"{keys_path}: expected a JSON list of strings")
         if len(keys) != self.count:
