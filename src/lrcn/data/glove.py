@@ -61,6 +61,7 @@ def load_glove(
     if dim is not None and dim < 1:
         raise LrcnError(f"{path}: vector size must be >= 1, got {dim}")
     vectors: dict[int, list[float]] = {}
+    size_from = ""  # where the vector size comes from, when it is read from the file
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -70,12 +71,13 @@ def load_glove(
             if not line:
                 continue  # blank lines (e.g. at the end of the file) carry no vector
             if dim is None:
-                dim = _infer_dim(line, path)
+                dim = _infer_dim(line, path, lineno)
+                size_from = f" (the vector size, from line {lineno})"
             parts = line.rsplit(" ", dim)
             if len(parts) != dim + 1 or not parts[0]:
                 raise LrcnError(
                     f"{path}, line {lineno}: expected a word and {dim} numbers, found "
-                    f"{len(line.split(' '))} fields (pass dim explicitly if {dim} is wrong)"
+                    f"{len(line.split(' '))} fields{size_from}"
                 )
             index = vocab.index(parts[0])
             if index == UNK_INDEX or index in vectors:
@@ -94,7 +96,7 @@ def load_glove(
     return matrix, coverage
 
 
-def _infer_dim(first_line: str, path: Path) -> int:
+def _infer_dim(first_line: str, path: Path, lineno: int) -> int:
     fields = first_line.split(" ")
     trailing = 0
     for field in reversed(fields[1:]):  # the first field is always (part of) the word
@@ -103,7 +105,7 @@ def _infer_dim(first_line: str, path: Path) -> int:
         trailing += 1
     if trailing not in GLOVE_DIMS:
         raise LrcnError(
-            f"{path}, line 1: cannot infer the vector size ({trailing} trailing numbers is "
+            f"{path}, line {lineno}: cannot infer the vector size ({trailing} trailing numbers is "
             f"not a GloVe size {', '.join(map(str, GLOVE_DIMS))}); pass dim explicitly"
         )
     return trailing

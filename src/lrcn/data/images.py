@@ -7,29 +7,70 @@ float conversion and ImageNet normalisation happen per batch in `normalize`.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from lrcn.errors import LrcnError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# warnings.catch_warnings changes process-wide state: one thread at a time turns Pillow's
+# decompression-bomb warning into an error.
+_OPEN_LOCK = threading.Lock()
 
 
 def load_image(path: Path) -> Image.Image:
-    """Open an image file as RGB, or fail with a message naming the file."""
+    """Open an image file as RGB (see `to_rgb`), or fail with a message naming the file.
+
+    An image over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``, a decompression-bomb
+    guard) is refused from its header, before any pixel is decoded.
+    """
     try:
-        with Image.open(path) as image:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
     except FileNotFoundError:
         raise LrcnError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise LrcnError(f"image {path} is over the pixel limit, refused: {exc}") from None
+    except MemoryError:
+        raise
+    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise LrcnError(f"cannot read image {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - some decoders raise SyntaxError, struct.error...
+        raise LrcnError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as the image is seen: EXIF rotation applied, transparency over white, 16-bit
+    and float images scaled to 8 bits (Pillow's own conversion clips them to white)."""
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+        pass
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer, float
+        values = np.asarray(image, dtype=np.float32)
+        if image.mode == "F":
+            low, high = float(values.min()), float(values.max())
+            values = (values - low) * (255.0 / max(high - low, 1e-12))
+        else:
+            values = values / 257.0  # 0..65535 -> 0..255
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def find_unreadable(paths: list[Path], threads: int = 4) -> dict[Path, str]:

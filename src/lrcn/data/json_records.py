@@ -86,11 +86,13 @@ def load_json(path: str | os.PathLike[str], what: str = "JSON") -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise LrcnError(
-            f"{p}: not valid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno}, "
-            f"column {exc.colno}"
+            f"{p}: not valid JSON (truncated or corrupt?): {exc.msg} (line {exc.lineno}, "
+            f"column {exc.colno})"
         ) from None
     except UnicodeDecodeError as exc:
         raise LrcnError(f"{p}: not a UTF-8 JSON file: {exc.reason} at byte {exc.start}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise LrcnError(f"{p}: not valid JSON: {exc}") from None
     except RecursionError:
         raise LrcnError(f"{p}: JSON nested too deeply to be a {what} file") from None
 

@@ -19,6 +19,7 @@ import torch
 
 from lrcn.config import RunConfig, config_from_dict, config_to_dict
 from lrcn.data.answers import AnswerVocab
+from lrcn.data.json_records import is_int, short_repr
 from lrcn.data.text import WordVocab
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
@@ -72,7 +73,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     """Read a checkpoint safely; a run folder resolves to its best checkpoint."""
     path = resolve_checkpoint(path)
     if not zipfile.is_zipfile(path):
-        raise LrcnError(f"{path} is not a PyTorch checkpoint file (truncated, or another format)")
+        raise LrcnError(f"{path} is not a PyTorch checkpoint file (truncated, or another format: "
+                        "old-style and plain pickles are never unpickled)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -91,15 +93,37 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
         raise LrcnError(f"{path} is not an lrcn checkpoint")
     if payload.get("version") != VERSION:
         raise LrcnError(f"{path}: checkpoint version {payload.get('version')} is not supported")
+    for key in ("config", "word_vocab", "answer_vocab", "model", "epoch"):
+        if key not in payload:
+            raise LrcnError(f"{path}: checkpoint lacks {key!r}")
+    _check_fields(path, payload)
     try:
-        return Checkpoint(
-            config=config_from_dict(payload["config"], f"checkpoint {path}"),
-            word_vocab=WordVocab.from_dict(payload["word_vocab"]),
-            answer_vocab=AnswerVocab.from_dict(payload["answer_vocab"]),
-            model_state=payload["model"],
-            epoch=int(payload["epoch"]),
-            metrics=payload.get("metrics", {}),
-            optimizer_state=payload.get("optimizer"),
-        )
-    except KeyError as exc:
-        raise LrcnError(f"{path}: checkpoint lacks {exc}") from None
+        word_vocab = WordVocab.from_dict(payload["word_vocab"])
+        answer_vocab = AnswerVocab.from_dict(payload["answer_vocab"])
+    except LrcnError as exc:
+        raise LrcnError(f"{path}: {exc}") from None
+    return Checkpoint(
+        config=config_from_dict(payload["config"], f"checkpoint {path}"),
+        word_vocab=word_vocab,
+        answer_vocab=answer_vocab,
+        model_state=payload["model"],
+        epoch=payload["epoch"],
+        metrics=payload.get("metrics", {}),
+        optimizer_state=payload.get("optimizer"),
+    )
+
+
+def _check_fields(path: Path, payload: dict[str, Any]) -> None:
+    """The weights, epoch, metrics and optimiser state have the types saving gives them."""
+    state = payload["model"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise LrcnError(f"{path}: checkpoint 'model' must map parameter names to tensors")
+    epoch = payload["epoch"]
+    if not is_int(epoch) or epoch < 0:
+        raise LrcnError(f"{path}: checkpoint 'epoch' must be an integer >= 0, "
+                        f"got {short_repr(epoch)}")
+    for key in ("metrics", "optimizer"):
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            raise LrcnError(f"{path}: checkpoint {key!r} must be a dict, "
+                            f"got {type(payload[key]).__name__}")
