@@ -10,21 +10,45 @@ gives all-zero weights and a zero pooled vector. Gradients stay finite in both c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lrcn.errors import LrcnError
+from lrcn.models.dropout import dropout, relu_dropout
 
 
-def _safe_key_mask(key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a key mask (B, S) into one with a valid key in every row, and the rows that had any.
+@dataclass(frozen=True)
+class KeyMask:
+    """A key mask prepared once per forward pass and shared by every attention layer.
 
-    Rows with no valid key are made all-valid so softmax has something to normalise over; the
-    caller zeroes their result with the returned ``has_key`` (B,).
+    Attributes:
+        valid: (B, S) True where a key is valid.
+        attend: (B, 1, 1, S) the mask attention uses: rows with no valid key are made all-valid
+            so softmax has something to normalise over (their result is zeroed below).
+        bias: (B, 1, 1, S) the same as an additive score bias, 0 or -inf.
+        has_key: (B, 1, 1, 1) 1.0 for rows with a valid key, 0.0 otherwise; None when every
+            row has one (the usual case), so no multiply is spent on it.
     """
-    has_key = key_mask.any(dim=-1)  # (B,)
-    return key_mask | ~has_key.unsqueeze(-1), has_key
+
+    valid: torch.Tensor
+    attend: torch.Tensor
+    bias: torch.Tensor
+    has_key: torch.Tensor | None
+
+    @classmethod
+    def of(cls, valid: torch.Tensor | KeyMask | None) -> KeyMask | None:
+        """Prepare a (B, S) bool mask; a KeyMask or None is returned as it is."""
+        if valid is None or isinstance(valid, KeyMask):
+            return valid
+        any_key = valid.any(dim=-1)  # (B,)
+        attend = (valid | ~any_key.unsqueeze(-1))[:, None, None, :]  # (B, 1, 1, S)
+        bias = torch.zeros(attend.shape, dtype=torch.float32, device=valid.device)
+        bias.masked_fill_(~attend, float("-inf"))
+        has_key = None if bool(any_key.all()) else any_key.float()[:, None, None, None]
+        return cls(valid, attend, bias, has_key)
 
 
 class MultiHeadAttention(nn.Module):
@@ -33,6 +57,10 @@ class MultiHeadAttention(nn.Module):
     Self-attention projects Q, K, V with one fused ``Linear(D, 3D)``; cross-attention projects Q
     with ``Linear(D, D)`` and K, V with one fused ``Linear(D, 2D)``. Both have the same parameters
     as three separate projections. Dropout acts on the attention probabilities in training.
+
+    Without dropout, attention is ``F.scaled_dot_product_attention`` (its fused kernels). With
+    dropout on the CPU it is written out, so the probabilities get the cheap masks of
+    `lrcn.models.dropout`; the math is the same as SDPA's own dropout path.
 
     Args:
         d_model: model width D.
@@ -59,14 +87,15 @@ class MultiHeadAttention(nn.Module):
         self,
         query: torch.Tensor,
         key_value: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
+        key_mask: torch.Tensor | KeyMask | None = None,
     ) -> torch.Tensor:
         """Attend from ``query`` (B, T, D) to ``key_value`` (B, S, D), or to itself when None.
 
         Args:
             query: the sequence that asks.
             key_value: the sequence attended to; None means self-attention.
-            key_mask: (B, S) True where a key is valid; None means all valid.
+            key_mask: (B, S) True where a key is valid, or a prepared `KeyMask`; None means
+                all valid.
 
         Returns:
             (B, T, D) attended values after the output projection.
@@ -86,15 +115,21 @@ class MultiHeadAttention(nn.Module):
         k = k.view(B, S, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, S, head_dim)
         v = v.view(B, S, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, S, head_dim)
 
-        attn_mask, has_key = None, None
-        if key_mask is not None:
-            safe, has_key = _safe_key_mask(key_mask)
-            attn_mask = safe[:, None, None, :]  # (B, 1, 1, S), broadcast over heads and queries
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, heads, T, head_dim)
-        if has_key is not None:
-            out = out * has_key[:, None, None, None].to(out.dtype)  # no valid key -> zero context
+        mask = KeyMask.of(key_mask)
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            scores = q @ k.transpose(-2, -1)  # (B, heads, T, S)
+            scores = scores * (q.shape[-1] ** -0.5)
+            if mask is not None:
+                scores = scores + mask.bias
+            probs = dropout(scores.softmax(dim=-1), self.dropout, True)
+            out = probs @ v  # (B, heads, T, head_dim)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if mask is None else mask.attend,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (B, heads, T, head_dim)
+        if mask is not None and mask.has_key is not None:
+            out = out * mask.has_key.to(out.dtype)  # no valid key -> zero context
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.out_proj(out)
 
@@ -105,11 +140,11 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
         self.fc2 = nn.Linear(hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+        return self.fc2(relu_dropout(self.fc1(x), self.dropout, self.training))
 
 
 class AttentionPool(nn.Module):
@@ -122,28 +157,30 @@ class AttentionPool(nn.Module):
     def __init__(self, d_model: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
         self.fc2 = nn.Linear(hidden, 1)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | KeyMask | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool ``x`` (B, N, D) over its valid positions.
 
         Args:
             x: the sequence to pool.
-            mask: (B, N) True where a position is valid; None means all valid.
+            mask: (B, N) True where a position is valid, or a prepared `KeyMask`; None means
+                all valid.
 
         Returns:
             pooled (B, D) and weights (B, N); a row without valid positions pools to zeros.
         """
-        scores = self.fc2(self.dropout(F.relu(self.fc1(x)))).squeeze(-1)  # (B, N)
+        scores = self.fc2(relu_dropout(self.fc1(x), self.dropout, self.training)).squeeze(-1)
+        mask = KeyMask.of(mask)  # scores: (B, N)
         if mask is None:
             weights = scores.softmax(dim=-1)
         else:
-            safe, _ = _safe_key_mask(mask)
-            weights = scores.masked_fill(~safe, float("-inf")).softmax(dim=-1)
-            weights = weights * mask.to(weights.dtype)  # a row with no valid position -> zeros
+            weights = (scores + mask.bias[:, 0, 0]).softmax(dim=-1)
+            if mask.has_key is not None:  # a row with no valid position -> zeros
+                weights = weights * mask.has_key[:, 0, 0].to(weights.dtype)
         pooled = torch.bmm(weights.unsqueeze(1), x).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
         return pooled, weights
 

@@ -21,7 +21,14 @@ from torch import nn
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
-from lrcn.models.layers import AttentionPool, FeedForward, MultiHeadAttention, word_embedding
+from lrcn.models.dropout import Dropout
+from lrcn.models.layers import (
+    AttentionPool,
+    FeedForward,
+    KeyMask,
+    MultiHeadAttention,
+    word_embedding,
+)
 
 VARIANTS = ("ed", "st", "cst")
 LRM_PLACEMENTS = ("none", "sa", "ga", "both")
@@ -41,9 +48,9 @@ class QuestionSA(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, y: torch.Tensor, y_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, y_mask: KeyMask | torch.Tensor | None) -> torch.Tensor:
         y = self.norm1(y + self.dropout(self.self_attn(y, key_mask=y_mask)))
         return self.norm2(y + self.dropout(self.ffn(y)))
 
@@ -70,14 +77,14 @@ class ImageSGA(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        x_mask: torch.Tensor | None,
-        y_mask: torch.Tensor | None,
+        x_mask: KeyMask | torch.Tensor | None,
+        y_mask: KeyMask | torch.Tensor | None,
         prev_s: torch.Tensor,
         prev_g: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,13 +119,13 @@ class QuestionGA(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self,
         y: torch.Tensor,
         x: torch.Tensor,
-        x_mask: torch.Tensor | None,
+        x_mask: KeyMask | torch.Tensor | None,
         prev_q: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns y' and q_l; q_l is the next layer's prev_q."""
@@ -261,8 +268,8 @@ class LRCN(nn.Module):
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        x_mask: torch.Tensor | None,
-        y_mask: torch.Tensor,
+        x_mask: KeyMask | torch.Tensor | None,
+        y_mask: KeyMask | torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y."""
         s = g = x  # s_0 = g_0 = x_0 (PrevRe(0) = X)
@@ -303,8 +310,9 @@ class LRCN(nn.Module):
             grid_mask: (B, N) or (B, H, W), True = valid region, at the input resolution;
                 None means all regions are valid.
         """
-        y, y_mask = self.encode_question(tokens)
-        x, x_mask = self.encode_grid(grid, grid_mask)
+        y, y_valid = self.encode_question(tokens)
+        x, x_valid = self.encode_grid(grid, grid_mask)
+        y_mask, x_mask = KeyMask.of(y_valid), KeyMask.of(x_valid)  # built once, used by every layer
         x, y = self.co_attend(x, y, x_mask, y_mask)
         x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
         y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)

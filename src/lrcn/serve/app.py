@@ -34,15 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lrcn.data.images import to_rgb
 from lrcn.data.text import tokenize
 from lrcn.engine.inference import LoadedModel
 from lrcn.errors import LrcnError
@@ -211,28 +211,6 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as exc:
         raise HTTPException(422, f"cannot convert the {image.format} image (mode "
                                  f"{image.mode}) to RGB: {exc}") from None
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as the image is seen: EXIF rotation applied, transparency over white, 16-bit
-    and float images scaled to 8 bits."""
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block is no reason to refuse the pixels
-        pass
-    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer, float
-        values = np.asarray(image, dtype=np.float32)
-        if image.mode == "F":
-            low, high = float(values.min()), float(values.max())
-            values = (values - low) * (255.0 / max(high - low, 1e-12))
-        else:
-            values = values / 257.0  # 0..65535 -> 0..255
-        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _size(n: int) -> str:

@@ -1,0 +1,197 @@
+"""Benchmark: the paper-size LRCN-ED-SA-6 training step, its MFU, and the plain model beside it.
+
+The step is forward, summed BCE over 3,129 answers, backward and Adam, batch 64, with D = 512,
+8 heads, FFN 2048, L = 6, 14 question tokens and 8x8x2048 grid features (pre-pooled, so no
+16->8 convolution), dropout 0.1, in training mode. In the same run it measures:
+
+- ``samples_per_s`` of the model as the package builds it (fused projections, SDPA, byte-mask
+  dropout, fused Adam) and of the same weights written plainly (``lrcn.models.plain``:
+  ``nn.MultiheadAttention``, ``nn.Dropout``, ``torch.optim.Adam`` defaults), timed in
+  alternating rounds so machine noise hits both alike: ``speedup_vs_plain``;
+- the analytic FLOPs of a training step per sample (matrix multiplies only, as MFU counts
+  them; cross-checked against ``torch.utils.flop_counter``), the achieved FLOP/s, the fp32
+  matrix-multiply peak of this machine (best of square ``torch.mm`` sizes, before and after
+  the timing), and ``mfu`` = achieved / peak;
+- ``mfu_without_dropout``: the same step with dropout 0, which shows what dropout costs.
+
+Targets (issue: performance): mfu >= 0.65 and speedup_vs_plain >= 1.3 on a 2-core CPU.
+
+    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lrcn.config import ModelConfig, TrainConfig, load_config
+from lrcn.engine.losses import task_loss
+from lrcn.engine.trainer import make_optimizer
+from lrcn.models import create_model
+from lrcn.models.plain import plain_copy
+from lrcn.models.vqa_model import VQAModel
+
+BATCH, TOKENS, GRID, CHANNELS, ANSWERS = 64, 14, 8, 2048, 3129
+VOCAB = 20_573  # MCAN's VQA-v2 word count
+TARGET_MFU, TARGET_SPEEDUP = 0.65, 1.3
+
+
+def paper_config(dropout: float = 0.1) -> ModelConfig:
+    cfg = load_config("lrcn-ed-sa-6").model
+    cfg.grid_reduction = "none"  # pre-pooled 8x8 grids
+    cfg.dropout = dropout
+    return cfg
+
+
+def forward_flops(cfg: ModelConfig, tokens: int = TOKENS, regions: int = GRID * GRID,
+                  answers: int = ANSWERS) -> dict[str, int]:
+    """Matrix-multiply FLOPs (2 per multiply-add) of one question's forward pass, by part."""
+    D, F, L, T, N = cfg.d_model, cfg.ffn_dim, cfg.layers, tokens, regions
+
+    def attention(queries: int, keys: int, self_attention: bool) -> int:
+        projections = queries * D * D * (3 if self_attention else 1) + (
+            0 if self_attention else keys * D * 2 * D) + queries * D * D  # Q(K,V) and out
+        return 2 * (projections + 2 * queries * keys * D)  # + scores and weighted sum
+
+    def ffn(rows: int) -> int:
+        return 2 * 2 * rows * D * F
+
+    parts = {
+        "lstm": 2 * T * 4 * D * (cfg.word_dim + D),
+        "image_proj": 2 * N * CHANNELS * D,
+        "question_sa": L * (attention(T, T, True) + ffn(T)),
+        "image_sga": L * (attention(N, N, True) + attention(N, T, False) + ffn(N)),
+        "pooling": 2 * (N + T) * (D * cfg.pool_hidden + cfg.pool_hidden + D),
+        "fusion_and_head": 2 * (2 * D * cfg.fused_dim + cfg.fused_dim * answers),
+    }
+    assert cfg.variant == "ed", "the count is written for the encoder-decoder stacking"
+    return parts
+
+
+def train_flops(cfg: ModelConfig) -> int:
+    """A training step per question: forward, then backward at twice the forward, except that
+    the image projection needs no gradient for its input (the features are data)."""
+    parts = forward_flops(cfg)
+    return 3 * sum(parts.values()) - parts["image_proj"]
+
+
+def synthetic_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Questions of 4-14 tokens (right-padded), random grids, a few soft-score targets each."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, VOCAB, (BATCH, TOKENS), generator=g)
+    lengths = torch.randint(4, TOKENS + 1, (BATCH,), generator=g)
+    tokens[torch.arange(TOKENS) >= lengths[:, None]] = 0
+    target = torch.zeros(BATCH, ANSWERS)
+    target[torch.arange(BATCH), torch.randint(0, ANSWERS, (BATCH,), generator=g)] = 1.0
+    return {"tokens": tokens, "image_index": torch.arange(BATCH),
+            "grid": torch.randn(BATCH, GRID, GRID, CHANNELS, generator=g), "target": target}
+
+
+def step(model: VQAModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
+    out = model.forward_all(tokens=batch["tokens"], grid=batch["grid"],
+                            image_index=batch["image_index"])
+    loss = task_loss(out, batch, "answer", "bce", 0.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def counted_flops(model: VQAModel, optimizer: torch.optim.Optimizer,
+                  batch: dict[str, torch.Tensor]) -> int:
+    """Matrix-multiply FLOPs of one step per question, as torch's FLOP counter sees them."""
+    with FlopCounterMode(display=False) as counter:
+        step(model, optimizer, batch)
+    return counter.get_total_flops() // BATCH
+
+
+def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
+    """The best fp32 ``torch.mm`` FLOP/s over square sizes (best of `reps` timed runs each)."""
+    best = 0.0
+    for n in sizes:
+        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        torch.mm(a, b, out=c)
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(a, b, out=c)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def make_models(dropout: float) -> tuple[VQAModel, VQAModel]:
+    """The package's model and its plain copy, with the same initial weights."""
+    torch.manual_seed(0)
+    fast = create_model(paper_config(dropout), VOCAB, ANSWERS)
+    plain = create_model(paper_config(dropout), VOCAB, ANSWERS)
+    plain.net = plain_copy(fast.net)
+    return fast.train(), plain.train()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    cfg = paper_config()
+    flops_per_sample = train_flops(cfg)
+    peak_before = matmul_peak()
+    batch = synthetic_batch()
+    fast, plain = make_models(cfg.dropout)
+    fast_no_dropout, _ = make_models(0.0)
+    runs = {
+        "fast": (fast, make_optimizer(fast, TrainConfig())),
+        "plain": (plain, torch.optim.Adam(plain.parameters(), lr=1e-4, betas=(0.9, 0.98),
+                                          eps=1e-9)),
+        "fast_no_dropout": (fast_no_dropout, make_optimizer(fast_no_dropout, TrainConfig())),
+    }
+    counted = counted_flops(*runs["fast"], batch)
+    uncounted = 3 * forward_flops(cfg)["lstm"]  # torch's counter has no formula for the LSTM
+    if abs(counted + uncounted - flops_per_sample) > 0.001 * flops_per_sample:
+        sys.exit(f"analytic FLOPs {flops_per_sample:,} disagree with torch's counter {counted:,} "
+                 f"+ LSTM {uncounted:,}")
+    for model, optimizer in runs.values():
+        step(model, optimizer, batch)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.rounds):
+        for name, (model, optimizer) in runs.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(model, optimizer, batch)
+            seconds[name].append((time.perf_counter() - start) / args.steps)
+            print(f"round {r + 1}/{args.rounds} {name}: {seconds[name][-1]:.2f} s/step",
+                  file=sys.stderr)
+    peak = max(peak_before, matmul_peak())
+    per_s = {name: BATCH / statistics.median(s) for name, s in seconds.items()}
+    achieved = per_s["fast"] * flops_per_sample
+    result = {
+        "samples_per_s": round(per_s["fast"], 2),
+        "plain_samples_per_s": round(per_s["plain"], 2),
+        "speedup_vs_plain": round(per_s["fast"] / per_s["plain"], 3),
+        "forward_gflops_per_sample": round(sum(forward_flops(cfg).values()) / 1e9, 3),
+        "train_gflops_per_sample": round(flops_per_sample / 1e9, 3),
+        "flop_counter_gflops_per_sample": round(counted / 1e9, 3),  # without the LSTM
+        "achieved_gflops_per_s": round(achieved / 1e9, 1),
+        "peak_fp32_matmul_gflops_per_s": round(peak / 1e9, 1),
+        "mfu": round(achieved / peak, 3),
+        "mfu_without_dropout": round(per_s["fast_no_dropout"] * flops_per_sample / peak, 3),
+        "threads": torch.get_num_threads(),
+        "targets": {"mfu": TARGET_MFU, "speedup_vs_plain": TARGET_SPEEDUP},
+    }
+    print(f"{result['samples_per_s']} samples/s ({result['achieved_gflops_per_s']} GFLOP/s of "
+          f"{result['peak_fp32_matmul_gflops_per_s']} peak: mfu {result['mfu']}, target >= "
+          f"{TARGET_MFU}); plain {result['plain_samples_per_s']} samples/s: speedup "
+          f"{result['speedup_vs_plain']} (target >= {TARGET_SPEEDUP}); without dropout mfu "
+          f"{result['mfu_without_dropout']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""LRCN written plainly: ``nn.MultiheadAttention`` and ``nn.Dropout``, as the seed notebook does.
+
+This is the reference the fast layers are measured and tested against
+(benchmarks/train_throughput.py, tests/test_fast_layers.py), not a model to train with.
+`plain_copy` keeps the blocks' equations and replaces what the optimisations changed:
+
+- attention is ``nn.MultiheadAttention(batch_first=True)`` called as the seed calls it (it
+  also returns the head-averaged attention weights, ``need_weights=True``), with a
+  ``key_padding_mask`` built from the boolean mask on every call;
+- every dropout is ``nn.Dropout`` (float Bernoulli masks), the FFN's ReLU a separate op.
+
+The copy has exactly the original's parameters, so both compute the same function: equal
+outputs in eval mode and equal gradients without dropout.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrcn.models.dropout import Dropout
+from lrcn.models.layers import AttentionPool, FeedForward, KeyMask, MultiHeadAttention
+from lrcn.models.lrcn import LRCN
+
+
+class PlainAttention(nn.Module):
+    """`MultiHeadAttention`'s interface on top of ``nn.MultiheadAttention``, with its weights."""
+
+    def __init__(self, fast: MultiHeadAttention) -> None:
+        super().__init__()
+        D = fast.out_proj.in_features
+        self.cross = fast.cross
+        self.mha = nn.MultiheadAttention(D, fast.heads, dropout=fast.dropout, batch_first=True)
+        with torch.no_grad():
+            if fast.cross:
+                self.mha.in_proj_weight.copy_(torch.cat([fast.q_proj.weight, fast.kv_proj.weight]))
+                self.mha.in_proj_bias.copy_(torch.cat([fast.q_proj.bias, fast.kv_proj.bias]))
+            else:
+                self.mha.in_proj_weight.copy_(fast.qkv_proj.weight)
+                self.mha.in_proj_bias.copy_(fast.qkv_proj.bias)
+            self.mha.out_proj.weight.copy_(fast.out_proj.weight)
+            self.mha.out_proj.bias.copy_(fast.out_proj.bias)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None,
+                key_mask: torch.Tensor | KeyMask | None = None) -> torch.Tensor:
+        kv = query if key_value is None else key_value
+        valid = key_mask.valid if isinstance(key_mask, KeyMask) else key_mask
+        out, _ = self.mha(query, kv, kv, key_padding_mask=None if valid is None else ~valid)
+        return out
+
+
+class PlainFeedForward(nn.Module):
+    """Linear -> ReLU -> nn.Dropout -> Linear, with the weights of a `FeedForward`."""
+
+    def __init__(self, fast: FeedForward) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = fast.fc1, fast.fc2
+        self.dropout = nn.Dropout(fast.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class PlainAttentionPool(nn.Module):
+    """Attention pooling with ``masked_fill`` and ``nn.Dropout``, with an `AttentionPool`'s weights."""
+
+    def __init__(self, fast: AttentionPool) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = fast.fc1, fast.fc2
+        self.dropout = nn.Dropout(fast.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | KeyMask | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.fc2(self.dropout(F.relu(self.fc1(x)))).squeeze(-1)  # (B, N)
+        if mask is not None:
+            valid = mask.valid if isinstance(mask, KeyMask) else mask
+            scores = scores.masked_fill(~valid, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return torch.bmm(weights.unsqueeze(1), x).squeeze(1), weights
+
+
+def plain_copy(net: LRCN) -> LRCN:
+    """A deep copy of `net` whose attention, FFN, pooling and dropout are the plain modules."""
+    plain = copy.deepcopy(net)
+    replacements = {MultiHeadAttention: PlainAttention, FeedForward: PlainFeedForward,
+                    AttentionPool: PlainAttentionPool, Dropout: lambda m: nn.Dropout(m.p)}
+    for parent in list(plain.modules()):
+        for name, child in parent.named_children():
+            make = replacements.get(type(child))
+            if make is not None:
+                setattr(parent, name, make(child))
+    return plain

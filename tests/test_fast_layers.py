@@ -1,0 +1,160 @@
+"""The fast layers against torch's plain ones: byte-mask dropout, attention, the whole LRCN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lrcn.models import LRCN
+from lrcn.models.dropout import Dropout, dropout, keep_mask, relu_dropout
+from lrcn.models.layers import KeyMask, MultiHeadAttention
+from lrcn.models.plain import PlainAttention, plain_copy
+from test_models import ANSWERS, CHANNELS, VOCAB, tiny_cfg, tokens_with_pads
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 1 / 3])
+def test_keep_mask_drops_with_probability_p_exactly(p: float) -> None:
+    """4 M draws: the standard error is 2.5e-4 at most, so a mask that ignored the byte == k
+    tie-break (p = 0.1 -> 25/256 = 0.0977 or 26/256 = 0.1016) would miss by over 9 errors."""
+    torch.manual_seed(0)
+    keep = keep_mask(torch.Size([2048, 2048]), p, torch.device("cpu"))
+    assert keep.dtype == torch.bool and keep.shape == (2048, 2048)
+    drop_rate = 1.0 - keep.float().mean().item()
+    assert abs(drop_rate - p) < 5 * (p * (1 - p) / keep.numel()) ** 0.5
+    # neighbouring elements come from the same random word and must still be independent
+    pairs = (~keep[:, 0::2] & ~keep[:, 1::2]).float().mean().item()
+    assert abs(pairs - p * p) < 5 * (p * p / keep[:, 0::2].numel()) ** 0.5
+
+
+def test_dropout_scales_kept_elements_and_passes_the_same_mask_back() -> None:
+    x = torch.randn(64, 300, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.25, training=True)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    # the masks come from torch's generator: the same seed gives the same mask
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropout(x, 0.25, training=True), y)
+
+
+def test_dropout_is_the_identity_outside_training_or_at_zero() -> None:
+    x = torch.randn(5, 7)
+    assert dropout(x, 0.5, training=False) is x
+    assert torch.equal(dropout(x, 0.0, training=True), x)
+    assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
+    module = Dropout(0.3).eval()
+    assert module(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.5)
+
+
+def test_relu_dropout_is_relu_then_dropout() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(32, 500, requires_grad=True)
+    y = relu_dropout(x, 0.1, training=True)
+    kept = y != 0
+    assert (x[kept] > 0).all()
+    torch.testing.assert_close(y[kept], x[kept] / 0.9)
+    positive = (x > 0).float().mean().item()
+    assert abs(kept.float().mean().item() - 0.9 * positive) < 0.01
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)  # ReLU's and dropout's gradients
+    z = torch.randn(8, 9)
+    torch.testing.assert_close(relu_dropout(z, 0.1, training=False), F.relu(z))
+
+
+def test_attention_dropout_path_is_softmax_dropout_matmul() -> None:
+    """In training on the CPU the attention is written out; with the same seed it equals the
+    textbook computation with the same dropout mask on the probabilities."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, 0.2, cross=True).train()
+    q_in, kv_in = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    torch.manual_seed(1)
+    out = mha(q_in, kv_in, key_mask=mask)
+
+    q = mha.q_proj(q_in).view(3, 5, 4, 4).transpose(1, 2)
+    k, v = (t.view(3, 7, 4, 4).transpose(1, 2) for t in mha.kv_proj(kv_in).split(16, dim=-1))
+    scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask[:, None, None, :], float("-inf"))
+    torch.manual_seed(1)
+    drop = keep_mask(torch.Size([3, 4, 5, 7]), 0.2, torch.device("cpu")).float() / 0.8
+    expected = mha.out_proj(((scores.softmax(-1) * drop) @ v).transpose(1, 2).reshape(3, 5, 16))
+    torch.testing.assert_close(out, expected)
+    # without dropout (eval) the fused kernel computes the same as the plain module
+    mha.eval()
+    torch.testing.assert_close(mha(q_in, kv_in, key_mask=mask),
+                               PlainAttention(mha).eval()(q_in, kv_in, key_mask=mask))
+
+
+def test_key_mask_is_prepared_once_and_flags_rows_without_keys() -> None:
+    valid = torch.tensor([[True, False, True], [True, True, True]])
+    mask = KeyMask.of(valid)
+    assert KeyMask.of(mask) is mask and KeyMask.of(None) is None
+    assert mask.has_key is None  # every row has a key: no extra multiply
+    assert torch.equal(mask.bias[0, 0, 0], torch.tensor([0.0, float("-inf"), 0.0]))
+    empty = KeyMask.of(torch.tensor([[False, False], [True, False]]))
+    assert empty.has_key.flatten().tolist() == [0.0, 1.0]
+    assert empty.attend[0].all()  # an empty row attends everywhere, then is zeroed
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    grid = torch.randn(3, 4, 4, CHANNELS)
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[2, 10:] = False
+    return tokens_with_pads(), grid, mask
+
+
+@pytest.mark.parametrize("variant", ["ed", "st", "cst"])
+def test_fast_model_equals_the_plain_model(variant: str) -> None:
+    """Eval outputs are equal, and so are the loss and every gradient of a training step
+    without dropout (dropout masks are random, so that part is checked per layer above)."""
+    torch.manual_seed(0)
+    fast = LRCN(tiny_cfg(variant=variant), VOCAB, ANSWERS, CHANNELS)
+    plain = plain_copy(fast)
+    tokens, grid, mask = _inputs()
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(tokens, grid, mask), plain(tokens, grid, mask))
+
+    for model in (fast, plain):
+        model.train()
+        for module in model.modules():  # dropout off, everything else in training mode
+            for name in ("p", "dropout"):
+                if isinstance(getattr(module, name, None), float):
+                    setattr(module, name, 0.0)
+            if isinstance(module, torch.nn.MultiheadAttention):
+                module.dropout = 0.0
+    losses = []
+    for model in (fast, plain):
+        loss = model(tokens, grid, mask).logsumexp(-1).sum()
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+    plain_grads = {name: p.grad for name, p in plain.named_parameters()}
+    fast_grads = _grads_by_plain_name(fast)
+    assert fast_grads.keys() == plain_grads.keys()  # the plain copy has the same parameters
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _grads_by_plain_name(fast: LRCN) -> dict[str, torch.Tensor]:
+    """The fast model's gradients under the plain copy's parameter names: fused projections
+    become ``nn.MultiheadAttention``'s packed ``in_proj_weight``/``in_proj_bias``."""
+    grads, attention_params = {}, set()
+    for name, module in fast.named_modules():
+        if isinstance(module, MultiHeadAttention):
+            projections = [module.q_proj, module.kv_proj] if module.cross else [module.qkv_proj]
+            for kind in ("weight", "bias"):
+                grads[f"{name}.mha.in_proj_{kind}"] = torch.cat(
+                    [getattr(m, kind).grad for m in projections])
+                grads[f"{name}.mha.out_proj.{kind}"] = getattr(module.out_proj, kind).grad
+            attention_params |= {f"{name}.{n}" for n, _ in module.named_parameters()}
+    for name, p in fast.named_parameters():
+        if name not in attention_params:
+            grads[name] = p.grad
+    return grads
