@@ -35,7 +35,7 @@ import torch
 from lrcn.config import ModelConfig, TrainConfig, load_config
 from lrcn.data.batches import EncodedSplit, batch_loader
 from lrcn.data.records import VQARecord
-from lrcn.engine.trainer import make_optimizer, train_step
+from lrcn.engine.trainer import make_optimizer, train_step, training_step
 from lrcn.features.grids import StoreGrids, open_stores
 from lrcn.features.store import FeatureStore, StoreWriter
 from lrcn.models import create_model
@@ -121,14 +121,14 @@ def model_throughput(store_path: Path, steps: int) -> float:
     torch.manual_seed(0)
     model = create_model(model_config("paper"), VOCAB, NUM_ANSWERS)
     optimizer = make_optimizer(model, TrainConfig())
-    device = torch.device("cpu")
+    step = training_step(model, TrainConfig(), torch.device("cpu"))
     batches = iter(batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=2))
     model.train()
-    train_step(model, next(batches), optimizer, device, TrainConfig())  # warm-up
+    train_step(step, [next(batches)], optimizer, TrainConfig())  # warm-up
     data = [next(batches) for _ in range(steps)]  # loading is not what is timed here
     start = time.perf_counter()
     for batch in data:
-        train_step(model, batch, optimizer, device, TrainConfig())
+        train_step(step, [batch], optimizer, TrainConfig())
     return steps * BATCH / (time.perf_counter() - start)
 
 
@@ -149,12 +149,12 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = create_model(model_config(args.rss_model), VOCAB, NUM_ANSWERS)
     optimizer = make_optimizer(model, TrainConfig())
-    device = torch.device("cpu")
+    step = training_step(model, TrainConfig(), torch.device("cpu"))
     rss_setup = peak_rss_mb()
     model.train()
     start, steps = time.perf_counter(), 0
     for batch in batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=3):
-        train_step(model, batch, optimizer, device, TrainConfig())
+        train_step(step, [batch], optimizer, TrainConfig())
         steps += 1
         if steps == args.steps:
             break

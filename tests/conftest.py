@@ -213,6 +213,14 @@ def tiny_easyvqa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def easyvqa_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A feature store of random grids for every easy-VQA image (see easyvqa_store.py)."""
+    from easyvqa_store import write_easyvqa_store
+
+    return write_easyvqa_store(tmp_path_factory.mktemp("store") / "easyvqa")
+
+
 @contextmanager
 def raises_naming(path: Path, *fragments: str) -> Iterator[None]:
     """Expect an LrcnError whose message names the file and contains every fragment."""

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, help="number of layers L")
     p.add_argument("--lrm", choices=["none", "sa", "ga", "both"], help="layer-residual placement")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="questions per optimizer step, over all "
+                   "processes and micro-batches")
+    p.add_argument("--accumulate", type=int, metavar="N",
+                   help="gradient accumulation: split each step's batch into N micro-batches, "
+                   "forwarded and backwarded one after another (less memory, the same gradient: "
+                   "the loss is a sum); the batch size must be divisible by N x processes")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: bfloat16 autocast for the forward pass and loss (needs a GPU or "
+                   "CPU with bfloat16 support)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training forward pass")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="DataLoader worker processes per training process (default 0)")
     p.add_argument("--lr", type=float, help="base learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
@@ -151,7 +164,9 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         "model": {"arch": args.model, "task": args.task, "variant": args.variant,
                   "layers": args.layers, "lrm": args.lrm},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                  "seed": args.seed, "device": args.device, "answer_loss": args.answer_loss},
+                  "seed": args.seed, "device": args.device, "answer_loss": args.answer_loss,
+                  "accumulate": args.accumulate, "precision": args.precision,
+                  "compile": args.compile, "num_workers": args.workers},
     }
     for section, values in flags.items():
         apply_overrides(getattr(cfg, section), {k: v for k, v in values.items() if v is not None},
@@ -166,19 +181,28 @@ def train_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from lrcn.engine.trainer import train
+    """Train; under torchrun, in every process it started (see lrcn.engine.distributed)."""
+    from lrcn.engine import distributed
+    from lrcn.engine.trainer import check_train_config, train
 
     cfg = train_config(args)
-    name = cfg.model.variant if cfg.model.arch == "lrcn" else cfg.model.arch
-    out = Path(args.out) if args.out else Path("runs") / (
-        f"{cfg.data.dataset}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    log.info("run folder: %s", out)
-    return train(cfg, out)
+    check_train_config(cfg)  # in every process, before any joins the group
+    with distributed.process_group(cfg.train.device):
+        name = cfg.model.variant if cfg.model.arch == "lrcn" else cfg.model.arch
+        out = Path(args.out) if args.out else Path("runs") / (
+            f"{cfg.data.dataset}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(distributed.broadcast_object(str(out)))  # rank 0's time in the name
+        log.info("run folder: %s", out)
+        return train(cfg, out)
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.engine.compare import compare
+    from lrcn.engine.distributed import launched_world_size
 
+    if launched_world_size() > 1:
+        raise LrcnError("compare trains its models one after another in one process; to train "
+                        "on several, run lrcn train under torchrun for each model")
     cfg = train_config(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rows = compare(cfg, models, Path(args.out))
@@ -350,8 +374,10 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    # Under torchrun (lrcn train in several processes) only rank 0 logs progress and prints.
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         summary = COMMANDS[args.command](args)
     except LrcnError as exc:
@@ -360,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lrcn {args.command}: interrupted", file=sys.stderr)
         return 130
+    if not main_process:
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:

@@ -66,7 +66,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 13
-    batch_size: int = 64
+    batch_size: int = 64              # questions per optimizer step, all processes and micro-batches
     lr: float = 1e-4                  # base learning rate
     warmup_epochs: int = 3            # lr = base * min(1, (epoch + 1) / (warmup_epochs + 1))
     decay_epochs: list[int] = field(default_factory=lambda: [10, 12])
@@ -79,9 +79,17 @@ class TrainConfig:
     answerable_weight: float = 1.0    # weight of the answerability loss with model.task both
     seed: int = 0
     device: str = "cpu"               # cpu | cuda
-    num_workers: int = 0              # DataLoader workers for on-demand image decoding
-    eval_batch_size: int = 256
-    group_by_image: bool = False      # batch the questions of an image together (encoder runs once)
+    num_workers: int = 0              # DataLoader workers per process (--workers), kept across epochs
+    pin_memory: bool | None = None    # page-locked batches, faster copies to the GPU; None: on with cuda
+    # Gradient accumulation: each optimizer step's batch_size questions are split into this many
+    # micro-batches, forwarded and backwarded one after another (less memory), then one step.
+    # The loss is a sum over questions, so the gradient is exactly the whole batch's.
+    # batch_size must be divisible by accumulate x the number of processes (torchrun).
+    accumulate: int = 1
+    precision: str = "fp32"           # fp32 | bf16: bfloat16 autocast of forward and loss (weights stay fp32)
+    compile: bool = False             # torch.compile the training forward (evaluation and checkpoints: eager)
+    eval_batch_size: int = 256        # questions per evaluation batch, per process
+    group_by_image: bool = False      # an image's questions in one batch (encoder runs once); 1 process
 
 
 @dataclass

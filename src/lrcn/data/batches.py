@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets
 from lrcn.data.images import ImageTable
@@ -170,6 +170,25 @@ def grouped_order(image_rows: torch.Tensor, generator: torch.Generator) -> list[
     return torch.argsort(key).tolist()
 
 
+class GroupedSampler:
+    """`grouped_order` as a sampler, seeded with seed + epoch (``set_epoch``)."""
+
+    def __init__(self, image_rows: torch.Tensor, seed: int) -> None:
+        self.image_rows = image_rows
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(grouped_order(self.image_rows, generator))
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+
 def batch_loader(
     split: EncodedSplit,
     num_answers: int,
@@ -178,23 +197,50 @@ def batch_loader(
     seed: int = 0,
     num_workers: int = 0,
     group_by_image: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader yielding whole batches; the order depends only on `seed`."""
-    if shuffle:
-        generator = torch.Generator().manual_seed(seed)
-        if group_by_image:
-            sampler = grouped_order(split.image_rows, generator)
-        else:
-            sampler = RandomSampler(range(len(split)), generator=generator)
+    """A DataLoader yielding whole batches of one process; the order depends only on `seed`
+    and the epoch (`set_epoch`, 0 until then).
+
+    The order is DistributedSampler's: ``torch.randperm(N)`` seeded with seed + epoch when
+    shuffled (with `group_by_image`, one process only: `grouped_order`), else 0..N-1. Of
+    `world_size` processes, process `rank` takes positions rank, rank + world_size, ... of it
+    in batches of ``batch_size // world_size``, so the b-th batches of all processes together
+    are positions b * batch_size to (b + 1) * batch_size of the order: the b-th batch of a
+    single process. The order is padded with its own first positions to a multiple of
+    `world_size` so that every process gets as many batches; a process's padding comes last,
+    after its first `shard_length` questions. Workers are kept across epochs.
+    """
+    if batch_size % world_size:
+        raise LrcnError(f"a batch of {batch_size} questions cannot be split evenly over "
+                        f"{world_size} processes")
+    if group_by_image and shuffle:
+        if world_size > 1:
+            raise LrcnError("group_by_image batches cannot be split over several processes")
+        sampler = GroupedSampler(split.image_rows, seed)
     else:
-        sampler = SequentialSampler(range(len(split)))
+        sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank,
+                                     shuffle=shuffle, seed=seed)
     return DataLoader(
         BatchDataset(split, num_answers),
-        sampler=BatchSampler(sampler, batch_size, drop_last=False),
+        sampler=BatchSampler(sampler, batch_size // world_size, drop_last=False),
         batch_size=None,
         num_workers=num_workers,
-        persistent_workers=False,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
     )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle a `batch_loader` for `epoch` (its workers, if any, are kept)."""
+    loader.sampler.sampler.set_epoch(epoch)  # the BatchSampler's order
+
+
+def shard_length(num_questions: int, rank: int, world_size: int) -> int:
+    """How many of process `rank`'s questions in `batch_loader` are real, not padding."""
+    return len(range(rank, num_questions, world_size))
 
 
 def iterate_images(images: ImageTable, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

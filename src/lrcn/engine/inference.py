@@ -15,7 +15,7 @@ from tqdm import tqdm
 from lrcn.config import DataConfig
 from lrcn.data.answers import AnswerVocab
 from lrcn.data.batches import (EncodedSplit, InMemoryGrids, batch_loader, encode_split,
-                                iterate_images)
+                                iterate_images, shard_length)
 from lrcn.data.images import ImageTable, normalize
 from lrcn.data.records import VQASplit
 from lrcn.data.text import WordVocab, tokenize
@@ -95,16 +95,25 @@ def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: Answe
 @torch.no_grad()
 def predict_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVocab,
                   batch_size: int, device: torch.device, desc: str = "evaluating",
-                  metric: str = "vqa") -> VQAEvaluator:
-    """Top-1 answer (and P(answerable) with that head) for every record, in an evaluator."""
+                  metric: str = "vqa", rank: int = 0, world_size: int = 1) -> VQAEvaluator:
+    """Top-1 answer (and P(answerable) with that head) for every record, in an evaluator.
+
+    With `world_size` processes, this one (`rank`) answers only its share of the records:
+    rank, rank + world_size, ... (`batch_loader`), in batches of `batch_size`.
+    """
     model.eval()
     evaluator = VQAEvaluator(split.records, metric)
-    loader = batch_loader(split, len(answer_vocab), batch_size, shuffle=False)
-    for batch in tqdm(loader, desc=desc, disable=None, leave=False):
+    loader = batch_loader(split, len(answer_vocab), batch_size * world_size, shuffle=False,
+                          rank=rank, world_size=world_size)
+    left = shard_length(len(split), rank, world_size)  # the rest is padding
+    for batch in tqdm(loader, desc=desc, disable=None if rank == 0 else True, leave=False):
         out = model.forward_all(**model_inputs(model, batch, device))
-        best = out.answer.argmax(dim=1).tolist()
-        answerable = None if out.answerable is None else torch.sigmoid(out.answerable).tolist()
-        evaluator.process(batch["rows"].tolist(), [answer_vocab.answer(i) for i in best],
+        keep = min(left, len(batch["rows"]))
+        left -= keep
+        best = out.answer[:keep].argmax(dim=1).tolist()
+        answerable = (None if out.answerable is None
+                      else torch.sigmoid(out.answerable[:keep]).tolist())
+        evaluator.process(batch["rows"][:keep].tolist(), [answer_vocab.answer(i) for i in best],
                           answerable)
     return evaluator
 
