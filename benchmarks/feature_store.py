@@ -90,13 +90,16 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def loader_throughput(store_path: Path, num_questions: int, batches: int, cold: bool) -> float:
-    """Samples/s of the training loader reading random batches from the store."""
+def loader_throughput(store_path: Path, num_questions: int, batches: int, cold: bool,
+                      num_workers: int = 0) -> float:
+    """Samples/s of the training loader reading random batches from the store (the workers'
+    start-up included: they start with the first batch, as in training)."""
     split, keys = question_index(len(FeatureStore.open(store_path)), num_questions)
     split.grids = StoreGrids(open_stores([store_path]), keys, "benchmark")
     if cold:
         evict(store_path / "features.npy")
-    loader = batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=1)
+    loader = batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=1,
+                          num_workers=num_workers)
     start, seen = time.perf_counter(), 0
     for i, batch in enumerate(loader):
         seen += batch["tokens"].shape[0]

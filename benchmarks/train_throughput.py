@@ -14,9 +14,12 @@ The step is forward, summed BCE over 3,129 answers, backward and Adam, batch 64,
   the timing), and ``mfu`` = achieved / peak;
 - ``mfu_without_dropout``: the same step with dropout 0, which shows what dropout costs.
 
+Like ``lrcn train``, it first makes glibc reuse freed memory (``lrcn.engine.memory``); both
+models run under that setting. ``--profile`` prints where the package's step spends its time.
+
 Targets (issue: performance): mfu >= 0.65 and speedup_vs_plain >= 1.3 on a 2-core CPU.
 
-    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--json]
+    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lrcn.config import ModelConfig, TrainConfig, load_config
 from lrcn.engine.losses import task_loss
+from lrcn.engine.memory import keep_freed_memory
 from lrcn.engine.trainer import make_optimizer
 from lrcn.models import create_model
 from lrcn.models.plain import plain_copy
@@ -123,6 +127,18 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
     return best
 
 
+def profile_step(model: VQAModel, optimizer: torch.optim.Optimizer,
+                 batch: dict[str, torch.Tensor], steps: int = 2) -> None:
+    """Print the step's time by operator (self time, summed over `steps` steps) to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(model, optimizer, batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25),
+          file=sys.stderr)
+
+
 def make_models(dropout: float) -> tuple[VQAModel, VQAModel]:
     """The package's model and its plain copy, with the same initial weights."""
     torch.manual_seed(0)
@@ -136,8 +152,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    parser.add_argument("--profile", action="store_true", help="print the step's operator profile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()
 
     cfg = paper_config()
     flops_per_sample = train_flops(cfg)
@@ -158,6 +176,8 @@ def main() -> None:
                  f"+ LSTM {uncounted:,}")
     for model, optimizer in runs.values():
         step(model, optimizer, batch)  # warm-up
+    if args.profile:
+        profile_step(*runs["fast"], batch)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
         for name, (model, optimizer) in runs.items():
