@@ -286,7 +286,8 @@ def test_predict_question_without_words(tiny_easyvqa_run: Path, question: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     result = run_cli(capsys, "predict", "--checkpoint", tiny_easyvqa_run, "--image",
                      _easyvqa_image(), "--question", question, "--json")
-    assert_refused(result, "predict", repr(question), "has no words")
+    assert_refused(result, "predict", f"error: question {question!r} has no words after "
+                   "tokenization")  # said once, not "question '': question '': ..."
 
 
 def _easyvqa_image() -> Path:
@@ -341,13 +342,18 @@ def edited_checkpoint(run: Path, dest: Path, change: Callable[[dict], None]) -> 
 
 CHECKPOINT_EDITS: dict[str, tuple[Callable[[dict], None], str]] = {
     "larger word vocabulary": (lambda p: p["word_vocab"]["words"].append("zzz"),
-                               "does not match the model its config describes"),
+                               "does not match the model its config describes: size mismatch "
+                               "for net.embed.weight: copying a param with shape torch.Size(["),
     "smaller answer vocabulary": (lambda p: p["answer_vocab"]["answers"].pop(),
-                                  "does not match the model its config describes"),
+                                  "does not match the model its config describes: size mismatch "
+                                  "for net.head.weight"),
     "another config": (lambda p: p["config"]["model"].update(d_model=32),
-                       "does not match the model its config describes"),
+                       "does not match the model its config describes: size mismatch for net."),
     "weights of another model": (lambda p: p["model"].popitem(),
-                                 "does not match the model its config describes"),
+                                 "does not match the model its config describes: Missing key(s) "
+                                 "in state_dict: "),
+    "unknown model": (lambda p: p["config"]["model"].update(arch="nope"),
+                      "unknown model.arch 'nope'"),
     "epoch not a number": (lambda p: p.update(epoch="three"), "'epoch' must be an integer"),
     "weights not tensors": (lambda p: p.update(model=[1, 2]),
                             "'model' must map parameter names to tensors"),

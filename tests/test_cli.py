@@ -230,6 +230,29 @@ def test_train_errors(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout, tm
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
 
+def test_images_decoded_per_batch_fail_early_and_plainly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``data.cache_images: false`` an image is first read in its batch: a missing one
+    is still refused before the run folder exists, and an unreadable one read by a DataLoader
+    worker is the worker's one-line error, not torch's "Caught LrcnError in DataLoader
+    worker process 0" with a traceback."""
+    from conftest import make_vqa2_layout
+
+    layout = make_vqa2_layout(tmp_path / "vqa2")
+    image = layout.root / "train2014" / "COCO_train2014_000000000005.jpg"
+    per_batch = ["--epochs", "1", "--set", "data.cache_images=false"]
+    image.unlink()
+    result = run_cli(capsys, *vqa2_train_args(layout, tmp_path / "run", *per_batch))
+    assert_one_line_error(result, "train", "image file(s) missing", str(image))
+    assert not (tmp_path / "run").exists()
+
+    image.write_bytes(b"not an image")
+    result = run_cli(capsys, *vqa2_train_args(layout, tmp_path / "run", *per_batch,
+                                              "--workers", "1"))
+    assert_one_line_error(result, "train", f"error: cannot read image {image}: cannot identify")
+    assert "Caught" not in result.err and "worker" not in result.err
+
+
 def test_train_on_vqa2_uses_its_default_splits(vqa2_layout: VQA2Layout, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", vqa2_layout.root,

@@ -114,6 +114,57 @@ def test_two_processes_train_as_one(easyvqa_store: Path, tmp_path: Path,
     assert result.json["per_answer_type"] == logged["per_answer_type"]
 
 
+def nan_image_store(out: Path, records: int) -> Path:
+    """The easy-VQA store with a NaN grid for the image of fewest of the first `records`
+    training questions (so that few steps hold it)."""
+    import numpy as np
+
+    from easyvqa_store import GRID
+    from lrcn.features.store import StoreWriter
+
+    train = load_split("easyvqa", None, "train").records
+    keys = sorted({r.image_key for r in train})
+    first = [r.image_key for r in train[:records]]
+    grids = np.random.default_rng(0).standard_normal((len(keys), *GRID), np.float32)
+    grids[keys.index(min(set(first), key=first.count))] = np.nan
+    writer = StoreWriter(out, len(keys), GRID, "float32", "grid", False, keys, {"format": "test"})
+    writer.write(0, grids)
+    writer.finish()
+    return out
+
+
+def test_processes_skip_non_finite_steps_together_and_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One image's grid is NaN: only the process whose share of a batch holds it sees a NaN
+    loss, and every process skips that step (the other's weights would take the NaN gradients
+    DDP averages otherwise). Trained one epoch, then resumed for a second (each process takes
+    its own random state from last.pt), the run is the single process's."""
+    store = nan_image_store(tmp_path / "store", 64)
+    args = [*tiny_set_args(), *store_args(store), *ADAM_EPS, "--batch-size", "8",
+            "--set", "data.train_limit=64", "--val-split", "none", "--seed", "3", "--json"]
+    ddp = torchrun(tmp_path, "--out", tmp_path / "ddp", "--epochs", "1", *args)
+    assert ddp.returncode == 0, ddp.stderr
+    ddp = torchrun(tmp_path, "--resume", tmp_path / "ddp", "--epochs", "2", "--json")
+    assert ddp.returncode == 0, ddp.stderr
+    assert "resuming" in ddp.stderr and "non-finite loss" not in ddp.stderr.split("resuming")[0]
+    one = run_cli(capsys, "train", "--out", tmp_path / "one", "--epochs", "2", *args)
+    assert one.code == 0, one.err
+
+    ddp_epochs, one_epochs = metrics(tmp_path / "ddp"), metrics(tmp_path / "one")
+    skipped = [e["skipped_steps"] for e in one_epochs]
+    assert [e["skipped_steps"] for e in ddp_epochs] == skipped and 0 < min(skipped) < 8
+    assert summary_of(ddp)["skipped_steps"] == sum(skipped)
+    assert [e["train_loss"] for e in ddp_epochs] == pytest.approx(
+        [e["train_loss"] for e in one_epochs], rel=1e-4)
+    ddp_last = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    one_last = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+    assert len(ddp_last.progress["rng"]) == 2  # each process's random state
+    for key, value in one_last.model_state.items():
+        assert torch.isfinite(ddp_last.model_state[key]).all(), key
+        torch.testing.assert_close(ddp_last.model_state[key], value, rtol=1e-4, atol=1e-4,
+                                   msg=key)
+
+
 def test_only_rank_0_writes(tmp_path: Path) -> None:
     """The default model (small CNN with BatchNorm, from pixels) and the default run folder,
     whose time-stamped name every process takes from rank 0."""

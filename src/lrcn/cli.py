@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and evaluate it every epoch")
     _add_train_flags(p)
     p.add_argument("--out", help="run folder (default: runs/<dataset>-<variant>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its "
+                   "config.yaml (flags may raise --epochs or change --device, --workers)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
     p = sub.add_parser("compare", help="train several models on the same data and tabulate them")
@@ -143,12 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 def train_config(args: argparse.Namespace) -> RunConfig:
-    """Preset or file, then the explicit flags, then ``--set`` overrides."""
+    """Preset or file (with ``--resume``, the run's config.yaml), then the explicit flags, then
+    ``--set`` overrides."""
     from lrcn.data import default_splits
 
-    # A dataset with a preset of its name (easy-vizwiz) starts from that preset.
-    preset = args.config or (args.dataset if args.dataset in preset_names() else None)
-    cfg = load_config(preset)
+    resume = getattr(args, "resume", None)
+    if resume:  # the run's own config, which the flags may change where resuming allows
+        if args.config or args.out:
+            raise LrcnError("--resume RUN_DIR takes the run's folder and its config.yaml; "
+                            "give neither --config nor --out with it")
+        if not (Path(resume) / "config.yaml").is_file():
+            raise LrcnError(f"no run to resume in {resume}: it has no config.yaml")
+        cfg = load_config(str(Path(resume) / "config.yaml"))
+    else:
+        # A dataset with a preset of its name (easy-vizwiz) starts from that preset.
+        cfg = load_config(args.config or (args.dataset if args.dataset in preset_names() else None))
     if args.dataset and args.dataset != cfg.data.dataset:
         # Another dataset than the preset's: start from that dataset's usual splits.
         cfg.data.train_split, cfg.data.val_split = default_splits(args.dataset)
@@ -189,11 +201,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     check_train_config(cfg)  # in every process, before any joins the group
     with distributed.process_group(cfg.train.device):
         name = cfg.model.variant if cfg.model.arch == "lrcn" else cfg.model.arch
-        out = Path(args.out) if args.out else Path("runs") / (
-            f"{cfg.data.dataset}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(args.resume or args.out or Path("runs") / (
+            f"{cfg.data.dataset}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
         out = Path(distributed.broadcast_object(str(out)))  # rank 0's time in the name
         log.info("run folder: %s", out)
-        return train(cfg, out)
+        return train(cfg, out, resume=bool(args.resume))
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     except LrcnError as exc:
         print(f"lrcn {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"lrcn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # lrcn train says what it saved and how to resume
+        if main_process:
+            print(f"lrcn {args.command}: interrupted{f': {exc}' if str(exc) else ''}",
+                  file=sys.stderr)
         return 130
     if not main_process:
         return 0

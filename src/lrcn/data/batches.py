@@ -6,8 +6,10 @@ targets); a batch is then a handful of tensor gathers with no per-sample Python 
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+import signal
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -189,6 +191,47 @@ class GroupedSampler:
         return len(self.image_rows)
 
 
+class EpochBatches(BatchSampler):
+    """A BatchSampler of one epoch's order (``set_epoch``) that can start after its first
+    batches: a resumed run skips those it has trained on without reading them."""
+
+    def __init__(self, sampler: DistributedSampler | GroupedSampler, batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.first = 0
+
+    def set_epoch(self, epoch: int, first: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.first = first
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(super().__iter__(), self.first, None)
+
+
+class BatchLoader(DataLoader):
+    """A DataLoader whose workers' LrcnErrors reach the caller as raised: one line, not
+    torch's "Caught LrcnError in DataLoader worker process 0. Original Traceback ..."."""
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return _plain_errors(super().__iter__())
+
+
+def _plain_errors(batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    try:
+        yield from batches
+    except LrcnError as exc:
+        message = str(exc)
+        if not message.startswith("Caught LrcnError in DataLoader worker"):
+            raise
+        # torch's message ends with the worker's traceback, whose last line is
+        # "lrcn.errors.LrcnError: <the original message>".
+        raise LrcnError(message.rpartition("LrcnError: ")[2].strip()) from None
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the training process, which saves a checkpoint and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def batch_loader(
     split: EncodedSplit,
     num_answers: int,
@@ -211,7 +254,9 @@ def batch_loader(
     are positions b * batch_size to (b + 1) * batch_size of the order: the b-th batch of a
     single process. The order is padded with its own first positions to a multiple of
     `world_size` so that every process gets as many batches; a process's padding comes last,
-    after its first `shard_length` questions. Workers are kept across epochs.
+    after its first `shard_length` questions. Workers are kept across epochs. Loading draws
+    nothing from torch's global random state (workers are seeded from the loader's own
+    generator), so that state is the model's alone (dropout) and a resumed run can restore it.
     """
     if batch_size % world_size:
         raise LrcnError(f"a batch of {batch_size} questions cannot be split evenly over "
@@ -223,19 +268,22 @@ def batch_loader(
     else:
         sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank,
                                      shuffle=shuffle, seed=seed)
-    return DataLoader(
+    return BatchLoader(
         BatchDataset(split, num_answers),
-        sampler=BatchSampler(sampler, batch_size // world_size, drop_last=False),
+        sampler=EpochBatches(sampler, batch_size // world_size),
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_ignore_sigint if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle a `batch_loader` for `epoch` (its workers, if any, are kept)."""
-    loader.sampler.sampler.set_epoch(epoch)  # the BatchSampler's order
+def set_epoch(loader: DataLoader, epoch: int, first: int = 0) -> None:
+    """Reshuffle a `batch_loader` for `epoch`, starting at its batch `first` (its workers, if
+    any, are kept)."""
+    loader.sampler.set_epoch(epoch, first)
 
 
 def shard_length(num_questions: int, rank: int, world_size: int) -> int:

@@ -2,8 +2,10 @@
 
 A checkpoint is a ``torch.save`` of plain containers only (dicts, lists, strings, numbers
 and tensors): the resolved config, both vocabularies, the model's state dict and, in the
-last checkpoint, the optimiser state. It is read with ``torch.load(weights_only=True)``,
-which refuses anything that would need unpickling arbitrary objects.
+last checkpoint, the optimiser state and the training progress a resumed run continues from
+(position in the data, metrics history, random states as tensors and lists of ints). It is
+read with ``torch.load(weights_only=True)``, which refuses anything that would need
+unpickling arbitrary objects.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Checkpoint:
     epoch: int
     metrics: dict[str, Any]
     optimizer_state: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None  # last.pt: where training stands (trainer.Progress)
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
@@ -52,6 +55,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     }
     if ckpt.optimizer_state is not None:
         payload["optimizer"] = ckpt.optimizer_state
+    if ckpt.progress is not None:
+        payload["progress"] = ckpt.progress
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -110,6 +115,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
         epoch=payload["epoch"],
         metrics=payload.get("metrics", {}),
         optimizer_state=payload.get("optimizer"),
+        progress=payload.get("progress"),
     )
 
 
@@ -123,7 +129,7 @@ def _check_fields(path: Path, payload: dict[str, Any]) -> None:
     if not is_int(epoch) or epoch < 0:
         raise LrcnError(f"{path}: checkpoint 'epoch' must be an integer >= 0, "
                         f"got {short_repr(epoch)}")
-    for key in ("metrics", "optimizer"):
+    for key in ("metrics", "optimizer", "progress"):
         if payload.get(key) is not None and not isinstance(payload[key], dict):
             raise LrcnError(f"{path}: checkpoint {key!r} must be a dict, "
                             f"got {type(payload[key]).__name__}")

@@ -116,6 +116,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true in any process: what every process then acts on together
+    (skip a step, stop), so that none waits in a collective the others have left."""
+    if not active():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
 def sync_buffers(module: nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every process.
 

@@ -19,7 +19,7 @@ from lrcn.data.batches import (EncodedSplit, InMemoryGrids, batch_loader, encode
 from lrcn.data.images import ImageTable, normalize
 from lrcn.data.records import VQASplit
 from lrcn.data.text import WordVocab, tokenize
-from lrcn.engine.checkpoint import Checkpoint, load_checkpoint
+from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.errors import LrcnError
 from lrcn.models import VQAModel, create_model
@@ -138,18 +138,26 @@ class LoadedModel:
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild the exact model of a checkpoint (a file or a run folder)."""
     dev = resolve_device(device)
+    path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
     # Every weight, a pretrained trunk's included, comes from the checkpoint below.
     model_cfg = dataclasses.replace(ckpt.config.model, encoder_weights=None)
-    model = create_model(model_cfg, len(ckpt.word_vocab), len(ckpt.answer_vocab),
-                         random_weights=True)
+    try:
+        model = create_model(model_cfg, len(ckpt.word_vocab), len(ckpt.answer_vocab),
+                             random_weights=True)
+    except LrcnError as exc:
+        raise LrcnError(f"checkpoint {path}: {exc}") from None
     try:
         model.load_state_dict(ckpt.model_state)
     except RuntimeError as exc:
-        raise LrcnError(
-            f"checkpoint {path} does not match the model its config describes: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+        # torch's first line only says "Error(s) in loading state_dict for VQAModel:"; the
+        # next names the first parameter at fault (size mismatch, missing or unexpected keys).
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        raise LrcnError(f"checkpoint {path} does not match the model its config describes: "
+                        f"{detail}") from None
     model.to(dev).eval()
     return LoadedModel(ckpt, model, dev)
 
@@ -185,12 +193,7 @@ def predict_images(loaded: LoadedModel, images: Sequence[Image.Image], questions
     if len(images) != len(questions) or not images:
         raise LrcnError(f"{len(images)} images for {len(questions)} questions")
     max_len = cfg.data.max_question_tokens
-    ids = []
-    for question in questions:
-        try:
-            ids.append(loaded.word_vocab.encode(question, max_len))
-        except LrcnError as exc:
-            raise LrcnError(f"question {question!r}: {exc}") from None
+    ids = [loaded.word_vocab.encode(question, max_len) for question in questions]
     transform = resize_transform(cfg.data.image_size)
     pixels = torch.stack([transform(image.convert("RGB")) for image in images])  # (B, 3, S, S)
     tokens = torch.tensor(ids, dtype=torch.long, device=loaded.device)  # (B, T)

@@ -1,12 +1,17 @@
-"""The training loop: plain, readable, seeded, with the paper's optimiser and schedule."""
+"""The training loop: plain, seeded, resumable, with the paper's optimiser and schedule."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import math
 import random
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +24,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lrcn.config import RunConfig, TrainConfig, save_config
-from lrcn.data import AnswerVocab, WordVocab, load_split
+from lrcn.config import RunConfig, TrainConfig, changed_fields, save_config
+from lrcn.data import AnswerVocab, WordVocab, check_images, load_split
 from lrcn.data.images import find_unreadable
 from lrcn.data.registry import dataset_metric
 from lrcn.data.glove import cached_glove
 from lrcn.data.batches import EncodedSplit, batch_loader, set_epoch, shard_length
 from lrcn.data.records import VQASplit
 from lrcn.engine import distributed
-from lrcn.engine.checkpoint import Checkpoint, save_checkpoint
+from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.fileio import atomic_write
 from lrcn.engine.curves import plot_curves
@@ -152,8 +157,9 @@ def check_train_config(cfg: RunConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "accumulate"):
         if getattr(t, name) < 1:
             raise LrcnError(f"train.{name} must be at least 1, got {getattr(t, name)}")
-    if t.num_workers < 0:
-        raise LrcnError(f"train.num_workers must be 0 or more, got {t.num_workers}")
+    for name in ("num_workers", "checkpoint_every", "max_bad_steps"):
+        if getattr(t, name) < 0:
+            raise LrcnError(f"train.{name} must be 0 or more, got {getattr(t, name)}")
     if t.answer_loss not in ANSWER_LOSSES:
         raise LrcnError(f"train.answer_loss must be one of {', '.join(ANSWER_LOSSES)}, "
                         f"got {t.answer_loss!r}")
@@ -246,14 +252,18 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 def train_step(step: nn.Module, batches: list[dict[str, torch.Tensor]],
                optimizer: torch.optim.Optimizer, t: TrainConfig,
-               keep: list[int] | None = None) -> float:
-    """One optimiser step over micro-batches from `batch_loader`; returns the summed loss.
+               keep: list[int] | None = None) -> tuple[float, bool]:
+    """One optimiser step over micro-batches from `batch_loader`; returns the summed loss and
+    whether the optimiser stepped.
 
     Each micro-batch (its first ``keep[i]`` questions; all without `keep`) is forwarded and
     backwarded in turn, so the gradients add up to the gradient of their summed loss, then
     the optimiser steps once. `step` comes from `training_step`. Under DDP the loss is scaled
     by the number of processes, since DDP averages their gradients: the result is the
     gradient of the loss summed over every process's questions, as one process computes it.
+
+    A non-finite loss (NaN or inf) in any process, or a non-finite gradient norm with
+    ``train.grad_clip``, skips the step in every process: no weight or Adam state changes.
     """
     optimizer.zero_grad(set_to_none=True)
     world = distributed.world_size()
@@ -267,41 +277,194 @@ def train_step(step: nn.Module, batches: list[dict[str, torch.Tensor]],
                 loss = step(batch, batch["tokens"].shape[0] if keep is None else keep[i])
             (loss * world).backward()
         total += loss.item()
+    finite = math.isfinite(total)
     if t.grad_clip:
-        torch.nn.utils.clip_grad_norm_(step.parameters(), t.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(step.parameters(), t.grad_clip)
+        finite = finite and bool(torch.isfinite(norm))
+    if distributed.any_process(not finite, device):
+        return total, False
     optimizer.step()
-    return total
+    return total, True
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what last.pt saves (as plain values) and a resumed run restores.
+
+    The position is the optimizer steps done in the epoch being trained; the next batch is
+    found from it, since the data order depends only on the seed and the epoch.
+    """
+
+    epoch: int = 0                 # the epoch being trained, 0-based (= epochs once finished)
+    step: int = 0                  # optimizer steps done in it, skipped ones included
+    loss: float = 0.0              # summed training loss of the epoch so far (this process's;
+    questions: int = 0             # ...all processes' in last.pt) and its number of questions
+    seconds: float = 0.0           # training time of the epoch so far
+    skipped: int = 0               # steps of the epoch skipped for a non-finite loss
+    bad_in_a_row: int = 0          # consecutive skipped steps
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics.jsonl
+    best: int | None = None        # the best epoch (index in history)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, path: Path) -> Progress:
+        try:
+            return cls(**{f.name: ckpt.progress[f.name] for f in dataclasses.fields(cls)})
+        except KeyError as exc:
+            raise LrcnError(f"{path}: checkpoint 'progress' lacks {exc}") from None
+
+    def end_epoch(self, entry: dict[str, Any], is_best: bool) -> None:
+        self.history.append(entry)
+        if is_best:
+            self.best = len(self.history) - 1
+        self.epoch, self.step, self.loss, self.questions = self.epoch + 1, 0, 0.0, 0
+        self.seconds, self.skipped = 0.0, 0
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random states as tensors and plain lists (loadable with weights_only)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_last(path: Path, cfg: RunConfig, data: RunData, model: VQAModel,
+              optimizer: torch.optim.Optimizer, progress: Progress, device: torch.device) -> Path:
+    """Write last.pt: the weights, the Adam state and `progress` with every process's random
+    states and the loss summed over processes. Every process calls it together; rank 0 writes."""
+    rngs = distributed.all_gather_objects(rng_state(device))
+    sums = distributed.all_reduce_sum(torch.tensor([progress.loss, progress.questions],
+                                                   dtype=torch.float64, device=device))
+    if distributed.is_main():
+        state = {**dataclasses.asdict(progress), "loss": sums[0].item(),
+                 "questions": int(sums[1].item()), "rng": rngs}
+        epoch = progress.epoch if progress.step else max(progress.epoch - 1, 0)  # the weights'
+        save_checkpoint(path, Checkpoint(
+            cfg, data.word_vocab, data.answer_vocab, model.state_dict(), epoch,
+            progress.history[-1] if progress.history else {}, optimizer.state_dict(), state))
+    return path
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was saved and how to resume."""
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) during training, as a request to stop after the current step.
+
+    The first SIGINT only sets `requested`: the loop saves last.pt after the step (or after
+    the epoch's evaluation) and stops. A second one stops at once without saving, in a single
+    process; under torchrun every process gets SIGINT from the terminal and again from
+    torchrun, so repeats are ignored there. Python delivers signals to the main thread only:
+    elsewhere nothing is installed and Ctrl-C is a plain KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and distributed.launched_world_size() == 1:
+            raise KeyboardInterrupt
+        if not self.requested and distributed.is_main():
+            log.warning("interrupted: saving a checkpoint after this step "
+                        "(Ctrl-C again to stop at once, without saving)")
+        self.requested = True
+
+
+def _steps(loader: Iterable[dict[str, torch.Tensor]],
+           accumulate: int) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """The loader's micro-batches in groups of `accumulate`, one group per optimizer step (the
+    last group of an epoch may be smaller)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accumulate:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def train_one_epoch(step: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    t: TrainConfig, epoch: int) -> float:
-    """One pass over the shuffled training split; returns the mean loss per question over
-    every process."""
-    set_epoch(loader, epoch)
-    step.train()
-    rank = distributed.rank()
-    real = shard_length(len(loader.dataset), rank, distributed.world_size())
-    seen, total, count = 0, 0.0, 0
-    batches: list[dict[str, torch.Tensor]] = []
-    keep: list[int] = []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-               disable=None if rank == 0 else True)
-    for batch in bar:
-        size = batch["tokens"].shape[0]
-        batches.append(batch)
-        keep.append(min(size, max(0, real - seen)))  # the rest pads this process's last batch
-        seen += size
-        if len(batches) == t.accumulate:
-            total += train_step(step, batches, optimizer, t, keep)
-            count += sum(keep)
-            batches, keep = [], []
-            bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
-    if batches:  # the last, smaller step of the epoch
-        total += train_step(step, batches, optimizer, t, keep)
-        count += sum(keep)
+                    t: TrainConfig, progress: Progress, stop: StopRequest,
+                    save: Callable[[], Path]) -> float:
+    """Train epoch ``progress.epoch`` of the shuffled training split from its step
+    ``progress.step`` on; returns the mean loss per question over every process.
+
+    `progress` follows each optimizer step. ``save()`` writes last.pt (every process calls it
+    at the same steps): every ``train.checkpoint_every`` steps, and before stopping at a
+    Ctrl-C (TrainingInterrupted) or after ``train.max_bad_steps`` non-finite losses in a row
+    (LrcnError).
+    """
+    rank, world = distributed.rank(), distributed.world_size()
     device = next(step.parameters()).device
-    sums = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64,
-                                                   device=device))
+    set_epoch(loader, progress.epoch, progress.step * t.accumulate)  # skip the steps done
+    step.train()
+    real = shard_length(len(loader.dataset), rank, world)
+    seen = progress.step * t.batch_size // world  # this process's questions already trained
+    clock = time.perf_counter() - progress.seconds
+    epoch = f"epoch {progress.epoch + 1}/{t.epochs}"
+    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=-(-len(loader) // t.accumulate),
+               initial=progress.step, leave=False, disable=None if rank == 0 else True)
+    for batches in bar:
+        keep = []
+        for batch in batches:
+            size = batch["tokens"].shape[0]
+            keep.append(min(size, max(0, real - seen)))  # the rest pads this process's last batch
+            seen += size
+        loss, stepped = train_step(step, batches, optimizer, t, keep)
+        progress.step += 1
+        progress.seconds = time.perf_counter() - clock
+        if stepped:
+            progress.loss += loss
+            progress.questions += sum(keep)
+            progress.bad_in_a_row = 0
+            bar.set_postfix(loss=f"{progress.loss / max(progress.questions, 1):.3f}")
+        else:
+            progress.skipped += 1
+            progress.bad_in_a_row += 1
+            log.warning("%s, step %d: non-finite loss or gradient (loss %s), optimizer step "
+                        "skipped (%d in a row)", epoch, progress.step, loss,
+                        progress.bad_in_a_row)
+            if t.max_bad_steps and progress.bad_in_a_row >= t.max_bad_steps:
+                path = save()
+                raise LrcnError(
+                    f"{t.max_bad_steps} optimizer steps in a row had a non-finite loss or "
+                    f"gradient (NaN or inf), the last at {epoch}, step {progress.step}: stopped "
+                    f"(train.max_bad_steps); {path} holds the weights from before them. Lower "
+                    "the learning rate, set train.grad_clip, or look for NaN or inf in the data")
+        if distributed.any_process(stop.requested, device):
+            path = save()
+            raise TrainingInterrupted(
+                f"saved {path} at {epoch}, step {progress.step}; continue with: "
+                f"lrcn train --resume {path.parent.parent}")
+        if t.checkpoint_every and progress.step % t.checkpoint_every == 0:
+            save()
+    sums = distributed.all_reduce_sum(torch.tensor([progress.loss, progress.questions],
+                                                   dtype=torch.float64, device=device))
     return sums[0].item() / max(sums[1].item(), 1)
 
 
@@ -324,15 +487,56 @@ def evaluate_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVoc
     return evaluator
 
 
-def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+# Fields a resumed run may change: they change neither what is computed nor the data (whose
+# location may move: data_root, features, glove, as long as they stay set or unset).
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.num_workers", "train.pin_memory",
+                     "train.eval_batch_size", "train.compile", "train.accumulate",
+                     "train.checkpoint_every", "train.max_bad_steps", "data.cache_images",
+                     "data.image_cache_gb")
+MOVABLE = ("data.data_root", "data.features", "data.glove")
+
+
+def resume_checkpoint(cfg: RunConfig, out_dir: Path) -> tuple[Checkpoint | None, Progress]:
+    """The last checkpoint of the run in `out_dir` and its progress, once `cfg` is known to
+    continue it; no checkpoint when the run saved none yet (it then starts from the start)."""
+    path = out_dir / "checkpoints" / "last.pt"
+    if not (out_dir / "config.yaml").is_file():
+        raise LrcnError(f"no run to resume in {out_dir}: it has no config.yaml")
+    if not path.is_file():
+        log.warning("%s holds no checkpoint yet: training it from the start", out_dir)
+        return None, Progress()
+    ckpt = load_checkpoint(path)
+    if ckpt.progress is None or ckpt.optimizer_state is None:
+        raise LrcnError(f"{path} holds no training progress (written by an older lrcn?): "
+                        "it cannot be resumed")
+    for name, old, new in changed_fields(ckpt.config, cfg):
+        if name not in RESUMABLE_CHANGES and not (name in MOVABLE and bool(old) == bool(new)):
+            raise LrcnError(f"cannot resume {out_dir} with {name} = {new!r}: the run was "
+                            f"trained with {old!r} (a resumed run may change only "
+                            f"{', '.join(RESUMABLE_CHANGES)}, and move its data)")
+    progress = Progress.from_checkpoint(ckpt, path)
+    least = progress.epoch + (progress.step > 0)
+    if cfg.train.epochs < least:
+        raise LrcnError(f"cannot resume {out_dir} with train.epochs = {cfg.train.epochs}: the "
+                        f"run has trained {least} epoch(s) already, in part or whole")
+    return ckpt, progress
+
+
+def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate every epoch, keep best and last checkpoints; return the summary.
 
+    With `resume`, continue the run in `out_dir` from its last.pt where it stopped, as if it
+    had not: the same weights, metrics and best epoch (`Progress`, `RESUMABLE_CHANGES`).
     Under torchrun every process runs this with the same `out_dir`; they train one model
     together (DDP, each on its share of every batch) and only rank 0 writes files.
     """
     check_train_config(cfg)
-    if (out_dir / "checkpoints").exists() or (out_dir / "metrics.jsonl").exists():
-        raise LrcnError(f"{out_dir} already holds a training run; choose another --out")
+    saved, progress = None, Progress()
+    if resume:
+        saved, progress = resume_checkpoint(cfg, out_dir)
+    elif (out_dir / "checkpoints").exists() or (out_dir / "metrics.jsonl").exists():
+        raise LrcnError(f"{out_dir} already holds a training run; choose another --out, or "
+                        f"continue it with --resume {out_dir}")
     t = cfg.train
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     seed_everything(t.seed)  # the same initial weights in every process
@@ -342,6 +546,22 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
              cfg.model.variant, model.net.num_parameters() / 1e6)
+    if saved is not None:
+        if (data.word_vocab.to_dict(), data.answer_vocab.to_dict()) != (
+                saved.word_vocab.to_dict(), saved.answer_vocab.to_dict()):
+            raise LrcnError(f"cannot resume {out_dir}: its data now gives other word or answer "
+                            "vocabularies than the run was trained with (the data changed)")
+        model.load_state_dict(saved.model_state)
+        if progress.epoch >= t.epochs:
+            log.info("%s has trained all its %d epochs: nothing to do (raise --epochs to train "
+                     "longer)", out_dir, t.epochs)
+            return _summary(out_dir, cfg, data, model, progress)
+        log.info("resuming %s at epoch %d/%d, step %d", out_dir, progress.epoch + 1, t.epochs,
+                 progress.step)
+    if model.net.uses_image and model.encoder is not None and not cfg.data.skip_invalid:
+        for split in (data.train, data.val):  # decoded per batch, one missing is found late
+            if split is not None:
+                check_images(split)
     train_split = encode_for_model(data.train, data.word_vocab, data.answer_vocab, cfg.data,
                                    model, device)
     if model.task != "answer" and train_split.answerable is None:
@@ -354,9 +574,19 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                                      model, device)
     step = training_step(model, t, device)  # with DDP: every process is here, past its checks
     torch.manual_seed(t.seed + rank)  # dropout: another stream in each process
+    optimizer = make_optimizer(model, t)
+    if saved is not None:
+        optimizer.load_state_dict(saved.optimizer_state)
+        rngs = saved.progress.get("rng", [])
+        if rank < len(rngs):  # its own states; a process the run did not have keeps seed + rank
+            set_rng_state(rngs[rank], device)
+        if rank:  # the loss of the epoch so far is in rank 0's sums
+            progress.loss, progress.questions = 0.0, 0
     if world > 1:
         log.info("training in %d processes, %d questions each per optimizer step", world,
                  t.batch_size // world)
+    ckpt_dir = out_dir / "checkpoints"
+    metrics_path = out_dir / "metrics.jsonl"
     # The run folder is made only once the data and model are known to be good.
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -364,53 +594,82 @@ def train(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         if cfg.data.skip_invalid:
             atomic_write(out_dir / "skipped.json",
                          lambda f: f.write(json.dumps(data.skipped, indent=1).encode("utf-8")))
+        if saved is not None:
+            # Killed between the writes of an epoch's end, metrics.jsonl may be a line ahead
+            # of last.pt, and best.pt an epoch behind: both follow last.pt again.
+            _write_jsonl(metrics_path, progress.history)
+            if progress.step == 0 and progress.best == len(progress.history) - 1:
+                _save_best(ckpt_dir / "best.pt", cfg, data, model, progress)
 
-    optimizer = make_optimizer(model, t)
     pin_memory = device.type == "cuda" if t.pin_memory is None else t.pin_memory
     loader = batch_loader(train_split, num_answers, t.batch_size // t.accumulate, shuffle=True,
                           seed=t.seed * 1000, num_workers=t.num_workers,
                           group_by_image=t.group_by_image, rank=rank, world_size=world,
                           pin_memory=pin_memory)
-    ckpt_dir = out_dir / "checkpoints"
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    metrics_path = out_dir / "metrics.jsonl"
-    for epoch in range(t.epochs):
-        lr = t.lr * lr_factor(epoch, t.warmup_epochs, t.decay_epochs, t.decay_rate)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        start = time.perf_counter()
-        train_loss = train_one_epoch(step, loader, optimizer, t, epoch)
-        train_time = time.perf_counter() - start
-        val = {}
-        if val_split is not None:
-            evaluator = evaluate_split(model, val_split, data.answer_vocab, t, device, metric)
-            if val_split.target_index is not None:
-                val = evaluator.evaluate()
-        entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
-                 "train_seconds": round(train_time, 2),
-                 "eval_seconds": round(time.perf_counter() - start - train_time, 2), "val": val}
-        history.append(entry)
-        log.info("epoch %d/%d: loss %.4f, val accuracy %s%s (%.0f s)", epoch + 1, t.epochs,
-                 train_loss, f"{val['overall']:.2f}%" if val else "n/a",
-                 ", answerability AP {average_precision:.2f} F1 {f1:.2f}".format(
-                     **val["answerability"]) if "answerability" in val else "", train_time)
-        is_best = bool(val) and (best is None or _score(val, model.task) > _score(best["val"],
-                                                                                  model.task))
-        if is_best or not val:
-            best = entry
-        if main:
-            _append_jsonl(metrics_path, entry)
-            ckpt = Checkpoint(cfg, data.word_vocab, data.answer_vocab, model.state_dict(), epoch,
-                              entry)
-            if best is entry:
-                save_checkpoint(ckpt_dir / "best.pt", ckpt)
-            ckpt.optimizer_state = optimizer.state_dict()
-            save_checkpoint(ckpt_dir / "last.pt", ckpt)
-            plot_curves(history, out_dir / "curves.png")
+    save = functools.partial(save_last, ckpt_dir / "last.pt", cfg, data, model, optimizer,
+                             progress, device)
+    with StopRequest() as stop:
+        try:
+            while progress.epoch < t.epochs:
+                epoch = progress.epoch
+                lr = t.lr * lr_factor(epoch, t.warmup_epochs, t.decay_epochs, t.decay_rate)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                train_loss = train_one_epoch(step, loader, optimizer, t, progress, stop, save)
+                start = time.perf_counter()
+                val = {}
+                if val_split is not None:
+                    evaluator = evaluate_split(model, val_split, data.answer_vocab, t, device,
+                                               metric)
+                    if val_split.target_index is not None:
+                        val = evaluator.evaluate()
+                entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                         "skipped_steps": progress.skipped,
+                         "train_seconds": round(progress.seconds, 2),
+                         "eval_seconds": round(time.perf_counter() - start, 2), "val": val}
+                log.info("epoch %d/%d: loss %.4f, val accuracy %s%s (%.0f s)", epoch + 1,
+                         t.epochs, train_loss, f"{val['overall']:.2f}%" if val else "n/a",
+                         ", answerability AP {average_precision:.2f} F1 {f1:.2f}".format(
+                             **val["answerability"]) if "answerability" in val else "",
+                         progress.seconds)
+                best = progress.history[progress.best] if progress.best is not None else None
+                progress.end_epoch(entry, not val or best is None
+                                   or _score(val, model.task) > _score(best["val"], model.task))
+                if main:
+                    _write_jsonl(metrics_path, progress.history)
+                path = save()  # before best.pt: see the resume above
+                if main:
+                    if progress.best == epoch:
+                        _save_best(ckpt_dir / "best.pt", cfg, data, model, progress)
+                    plot_curves(progress.history, out_dir / "curves.png")
+                if distributed.any_process(stop.requested, device):
+                    raise TrainingInterrupted(f"saved {path} at the end of epoch {epoch + 1}; "
+                                              f"continue with: lrcn train --resume {out_dir}")
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(
+                "stopped at once, without saving; continue from the last checkpoint with: "
+                f"lrcn train --resume {out_dir}") from None
+    return _summary(out_dir, cfg, data, model, progress)
 
-    summary = {"run_dir": str(out_dir), "epochs": t.epochs, "best_epoch": best["epoch"] + 1,
-               "train_loss": history[-1]["train_loss"], "parameters": model.num_parameters()}
+
+def _save_best(path: Path, cfg: RunConfig, data: RunData, model: VQAModel,
+               progress: Progress) -> None:
+    """best.pt: the weights of the best epoch, which are the model's now, and its metrics."""
+    entry = progress.history[progress.best]
+    save_checkpoint(path, Checkpoint(cfg, data.word_vocab, data.answer_vocab, model.state_dict(),
+                                     entry["epoch"], entry))
+
+
+def _summary(out_dir: Path, cfg: RunConfig, data: RunData, model: VQAModel,
+             progress: Progress) -> dict[str, Any]:
+    """What ``lrcn train`` prints: the run, the best epoch's validation metrics."""
+    best = progress.history[progress.best]
+    summary = {"run_dir": str(out_dir), "epochs": cfg.train.epochs,
+               "best_epoch": best["epoch"] + 1, "train_loss": progress.history[-1]["train_loss"],
+               "skipped_steps": sum(e["skipped_steps"] for e in progress.history),
+               "parameters": model.num_parameters()}
     if cfg.data.skip_invalid:
         summary["skipped"] = len(data.skipped)
     if data.glove_coverage is not None:
@@ -426,7 +685,7 @@ def _score(val: dict[str, Any], task: str) -> float:
     return val["overall"]
 
 
-def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
-    """Append one line, rewriting the file atomically so it is never seen half-written."""
-    old = path.read_bytes() if path.exists() else b""
-    atomic_write(path, lambda f: f.write(old + (json.dumps(entry) + "\n").encode("utf-8")))
+def _write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
+    """One JSON line per entry, written atomically so the file is never seen half-written."""
+    text = "".join(json.dumps(entry) + "\n" for entry in entries)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,218 @@
+"""No lost work: a run killed (SIGKILL) or interrupted (Ctrl-C) mid-epoch and resumed with
+``lrcn train --resume`` ends as the uninterrupted run of the same seed (weights, Adam state,
+random state, metrics, best epoch); a non-finite loss skips its step, and too many in a row
+stop the run with a checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import Result, run_cli, run_cli_uncaptured, tiny_set_args
+from lrcn.engine import trainer
+from lrcn.engine.checkpoint import load_checkpoint
+from test_cli import assert_one_line_error
+
+# The tiny model with dropout (whose random state a resumed run must restore), 50 steps an
+# epoch, last.pt every 5 steps.
+RUN = [*tiny_set_args(), "--set", "model.dropout=0.1", "--set", "data.train_limit=400",
+       "--set", "data.val_limit=50", "--batch-size", "8", "--epochs", "2",
+       "--set", "train.checkpoint_every=5", "--json"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run (in this process; one thread, as the subprocesses below)."""
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    result = run_cli_uncaptured("train", "--out", out, *RUN)
+    assert result.code == 0, result.err
+    return out
+
+
+def start_training(out: Path) -> subprocess.Popen:
+    """``lrcn train`` as a user starts it, in its own process."""
+    return subprocess.Popen([sys.executable, "-m", "lrcn", "train", "--out", str(out), *RUN],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def progress_of(run: Path) -> dict[str, Any] | None:
+    """The progress saved in last.pt, or None before the first save. The file is read once:
+    it is replaced by an atomic rename, so one open sees one whole version."""
+    try:
+        data = (run / "checkpoints" / "last.pt").read_bytes()
+    except FileNotFoundError:
+        return None
+    return torch.load(io.BytesIO(data), weights_only=True)["progress"]
+
+
+def wait_for_step(proc: subprocess.Popen, run: Path, epoch: int, timeout: float = 60) -> dict:
+    """Poll last.pt until it holds a mid-epoch step of `epoch`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        progress = progress_of(run)
+        if progress is not None and progress["epoch"] == epoch and progress["step"] > 0:
+            return progress
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before a checkpoint of epoch {epoch + 1}: "
+                        f"{proc.stderr.read()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"no mid-epoch checkpoint of epoch {epoch + 1} in {timeout} s")
+
+
+def resume(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> Result:
+    result = run_cli(capsys, "train", "--resume", run, "--json", *extra)
+    assert result.code == 0, result.err
+    return result
+
+
+def without_timings(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+            for line in lines]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """The same final weights (last and best), Adam state, random state and metrics."""
+    assert without_timings(run) == without_timings(reference)
+    for name in ("last.pt", "best.pt"):
+        a, b = (torch.load(r / "checkpoints" / name, weights_only=True) for r in (run, reference))
+        assert a["epoch"] == b["epoch"] and a["model"].keys() == b["model"].keys()
+        for key in a["model"]:
+            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (run, reference))
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for index, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, b["optimizer"]["state"][index][key], rtol=0, atol=0)
+    assert torch.equal(a["progress"]["rng"][0]["torch"], b["progress"]["rng"][0]["torch"])
+
+
+def test_killed_run_resumes_exactly(whole_run: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL in the second epoch, after a mid-epoch checkpoint: nothing to save then."""
+    run = tmp_path / "killed"
+    proc = start_training(run)
+    wait_for_step(proc, run, epoch=1)
+    proc.kill()
+    proc.communicate()
+    saved = progress_of(run)
+    assert saved["epoch"] == 1 and 0 < saved["step"] < 50 and len(saved["history"]) == 1
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]  # never half-written
+
+    summary = resume(capsys, run).json
+    assert_same_run(run, whole_run)
+    whole = json.loads((whole_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["overall"] == max(m["val"]["overall"] for m in without_timings(whole_run))
+    assert summary["train_loss"] == whole["train_loss"]
+
+
+def test_ctrl_c_saves_and_the_run_resumes_exactly(whole_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGINT in the first epoch: last.pt at the current step, one line, exit 130."""
+    run = tmp_path / "interrupted"
+    proc = start_training(run)
+    seen = wait_for_step(proc, run, epoch=0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    saved = progress_of(run)
+    assert saved["epoch"] == 0 and seen["step"] <= saved["step"] < 50
+    last = err.strip().splitlines()[-1]
+    assert last == (f"lrcn train: interrupted: saved {run / 'checkpoints' / 'last.pt'} at epoch "
+                    f"1/2, step {saved['step']}; continue with: lrcn train --resume {run}")
+
+    resume(capsys, run)
+    assert_same_run(run, whole_run)
+
+
+def test_resuming_a_finished_run(whole_run: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The same epochs: nothing to do. More epochs: they follow. Another setting: refused."""
+    before = (whole_run / "checkpoints" / "last.pt").read_bytes()
+    summary = resume(capsys, whole_run).json
+    assert summary["best_epoch"] == 2 and summary["epochs"] == 2
+    assert (whole_run / "checkpoints" / "last.pt").read_bytes() == before
+
+    result = run_cli(capsys, "train", "--resume", whole_run, "--lr", "0.1")
+    assert_one_line_error(result, "train", f"cannot resume {whole_run} with train.lr = 0.1",
+                          "trained with 0.0003")
+    result = run_cli(capsys, "train", "--resume", whole_run, "--epochs", "1")
+    assert_one_line_error(result, "train", "train.epochs = 1", "trained 2 epoch(s)")
+    assert (whole_run / "checkpoints" / "last.pt").read_bytes() == before
+
+    longer = tmp_path / "longer"
+    shutil.copytree(whole_run, longer)
+    resume(capsys, longer, "--epochs", "3", "--set", "train.checkpoint_every=0")
+    metrics = without_timings(longer)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2] and metrics[:2] == without_timings(whole_run)
+    assert load_checkpoint(longer / "checkpoints" / "last.pt").config.train.epochs == 3
+
+
+# --------------------------------------------------------------------------- non-finite losses
+
+SHORT = [*tiny_set_args(), "--set", "data.train_limit=64", "--batch-size", "8", "--epochs", "1",
+         "--val-split", "none", "--json"]  # 8 optimizer steps
+
+
+def poison_losses(monkeypatch: pytest.MonkeyPatch, steps: set[int], how: str) -> None:
+    """Make the loss of the given optimizer steps (1-based) NaN or inf, or, with "gradient",
+    leave it finite but give it a NaN gradient (d sqrt(x)/dx at 0, times 0)."""
+    calls = []
+
+    def task_loss(out: Any, *args: Any) -> torch.Tensor:
+        calls.append(1)
+        loss = original(out, *args)
+        if len(calls) not in steps:
+            return loss
+        if how == "gradient":
+            return loss + (out.answer * 0).sum().sqrt()
+        return loss * float(how)
+
+    original = trainer.task_loss
+    monkeypatch.setattr(trainer, "task_loss", task_loss)
+
+
+@pytest.mark.parametrize("how, extra", [("nan", []), ("inf", []),
+                                        ("gradient", ["--set", "train.grad_clip=10"])])
+def test_non_finite_steps_are_skipped(how: str, extra: list[str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    poison_losses(monkeypatch, {3, 4}, how)
+    result = run_cli(capsys, "train", "--out", tmp_path / "run", *SHORT, *extra)
+    assert result.code == 0, result.err
+    assert result.json["skipped_steps"] == 2
+    (metrics,) = without_timings(tmp_path / "run")
+    assert metrics["skipped_steps"] == 2 and math.isfinite(metrics["train_loss"])
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in last.model_state.values())
+    # Adam stepped 6 times of 8: no moment or step count saw the skipped ones.
+    assert {int(s["step"]) for s in last.optimizer_state["state"].values()} == {6}
+
+
+def test_too_many_non_finite_steps_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    poison_losses(monkeypatch, set(range(1, 100)), "nan")
+    run = tmp_path / "run"
+    result = run_cli(capsys, "train", "--out", run, *SHORT, "--set", "train.max_bad_steps=3")
+    assert result.code == 2
+    assert_one_line_error(result, "train", "3 optimizer steps in a row had a non-finite loss",
+                          "epoch 1/1, step 3", f"{run / 'checkpoints' / 'last.pt'} holds the "
+                          "weights from before them")
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last.progress["step"] == 3 and last.progress["bad_in_a_row"] == 3
+    assert last.optimizer_state["state"] == {}  # not one step taken
