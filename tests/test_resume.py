@@ -120,13 +120,15 @@ def test_killed_run_resumes_exactly(whole_run: Path, tmp_path: Path,
     assert summary["train_loss"] == whole["train_loss"]
 
 
-def test_ctrl_c_saves_and_the_run_resumes_exactly(whole_run: Path, tmp_path: Path,
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_and_the_run_resumes_exactly(whole_run: Path, tmp_path: Path, sig: int,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """SIGINT in the first epoch: last.pt at the current step, one line, exit 130."""
+    """SIGINT (or a scheduler's SIGTERM) in the first epoch: last.pt at the current step, one
+    line, exit 130."""
     run = tmp_path / "interrupted"
     proc = start_training(run)
     seen = wait_for_step(proc, run, epoch=0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

@@ -36,6 +36,7 @@ from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.fileio import atomic_write
 from lrcn.engine.curves import plot_curves
+from lrcn.engine.memory import keep_freed_memory
 from lrcn.engine.losses import ANSWER_LOSSES, task_loss
 from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
 from lrcn.engine.schedule import lr_factor
@@ -363,7 +364,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """SIGINT (Ctrl-C) during training, as a request to stop after the current step.
+    """SIGINT (Ctrl-C) or SIGTERM during training, as a request to stop after the current step.
 
     The first SIGINT only sets `requested`: the loop saves last.pt after the step (or after
     the epoch's evaluation) and stops. A second one stops at once without saving, in a single
@@ -372,18 +373,20 @@ class StopRequest:
     elsewhere nothing is installed and Ctrl-C is a plain KeyboardInterrupt.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: what job schedulers send first
+
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested and distributed.launched_world_size() == 1:
@@ -541,6 +544,8 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     seed_everything(t.seed)  # the same initial weights in every process
     device = distributed.local_device(resolve_device(t.device))
+    if device.type == "cpu":
+        keep_freed_memory()  # large CPU activations reuse freed memory instead of page faults
     data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR)
     num_answers = len(data.answer_vocab)
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
