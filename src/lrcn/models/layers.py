@@ -117,10 +117,10 @@ class MultiHeadAttention(nn.Module):
 
         mask = KeyMask.of(key_mask)
         if self.training and self.dropout > 0 and q.device.type == "cpu":
-            scores = q @ k.transpose(-2, -1)  # (B, heads, T, S)
-            scores = scores * (q.shape[-1] ** -0.5)
+            # in place on the fresh product: matmul's backward needs q and k, not its output
+            scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, heads, T, S)
             if mask is not None:
-                scores = scores + mask.bias
+                scores.add_(mask.bias)
             probs = dropout(scores.softmax(dim=-1), self.dropout, True)
             out = probs @ v  # (B, heads, T, head_dim)
         else:
