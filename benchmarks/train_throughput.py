@@ -4,10 +4,10 @@ The step is forward, summed BCE over 3,129 answers, backward and Adam, batch 64,
 8 heads, FFN 2048, L = 6, 14 question tokens and 8x8x2048 grid features (pre-pooled, so no
 16->8 convolution), dropout 0.1, in training mode. In the same run it measures:
 
-- ``samples_per_s`` of the model as the package builds it (fused projections, SDPA, byte-mask
-  dropout, fused Adam) and of the same weights written plainly (``lrcn.models.plain``:
-  ``nn.MultiheadAttention``, ``nn.Dropout``, ``torch.optim.Adam`` defaults), timed in
-  alternating rounds so machine noise hits both alike: ``speedup_vs_plain``;
+- ``samples_per_s`` of the model as the package builds it (fused projections, SDPA, one-pass
+  counter-based dropout, fused Adam) and of the same weights written plainly
+  (``lrcn.models.plain``: ``nn.MultiheadAttention``, ``nn.Dropout``, ``torch.optim.Adam``
+  defaults), timed in alternating rounds so machine noise hits both alike: ``speedup_vs_plain``;
 - the analytic FLOPs of a training step per sample (matrix multiplies only, as MFU counts
   them; cross-checked against ``torch.utils.flop_counter``), the achieved FLOP/s, the fp32
   matrix-multiply peak of this machine (best of square ``torch.mm`` sizes, before and after
@@ -15,11 +15,14 @@ The step is forward, summed BCE over 3,129 answers, backward and Adam, batch 64,
 - ``mfu_without_dropout``: the same step with dropout 0, which shows what dropout costs.
 
 Like ``lrcn train``, it first makes glibc reuse freed memory (``lrcn.engine.memory``); both
-models run under that setting. ``--profile`` prints where the package's step spends its time.
+models run under that setting. Each model first runs ``--warmup`` steps: the process's heap
+grows to its steady size over the first three or so steps (hundreds of thousands of first-touch
+page faults, 1-2 s a step), which a training run of thousands of steps pays once.
+``--profile`` prints where the package's step spends its time.
 
 Targets (issue: performance): mfu >= 0.65 and speedup_vs_plain >= 1.3 on a 2-core CPU.
 
-    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--profile] [--json]
+    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--warmup 3] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -152,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     parser.add_argument("--profile", action="store_true", help="print the step's operator profile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -174,8 +178,9 @@ def main() -> None:
     if abs(counted + uncounted - flops_per_sample) > 0.001 * flops_per_sample:
         sys.exit(f"analytic FLOPs {flops_per_sample:,} disagree with torch's counter {counted:,} "
                  f"+ LSTM {uncounted:,}")
-    for model, optimizer in runs.values():
-        step(model, optimizer, batch)  # warm-up
+    for _ in range(args.warmup):
+        for model, optimizer in runs.values():
+            step(model, optimizer, batch)
     if args.profile:
         profile_step(*runs["fast"], batch)
     seconds: dict[str, list[float]] = {name: [] for name in runs}

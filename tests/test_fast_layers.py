@@ -1,4 +1,4 @@
-"""The fast layers against torch's plain ones: byte-mask dropout, attention, the whole LRCN."""
+"""The fast layers against torch's plain ones: one-pass dropout, attention, the whole LRCN."""
 
 from __future__ import annotations
 
@@ -7,24 +7,52 @@ import torch
 import torch.nn.functional as F
 
 from lrcn.models import LRCN
-from lrcn.models.dropout import Dropout, dropout, keep_mask, relu_dropout
+from lrcn.models.dropout import Dropout, dropout, relu_dropout
 from lrcn.models.layers import KeyMask, MultiHeadAttention
 from lrcn.models.plain import PlainAttention, plain_copy
 from test_models import ANSWERS, CHANNELS, VOCAB, tiny_cfg, tokens_with_pads
 
 
+def _keep(shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """The next dropout mask of torch's generator, as bools (True = kept)."""
+    return dropout(torch.ones(shape), p, training=True) != 0
+
+
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 1 / 3])
-def test_keep_mask_drops_with_probability_p_exactly(p: float) -> None:
-    """4 M draws: the standard error is 2.5e-4 at most, so a mask that ignored the byte == k
-    tie-break (p = 0.1 -> 25/256 = 0.0977 or 26/256 = 0.1016) would miss by over 9 errors."""
+def test_masks_drop_with_probability_p_independently(p: float) -> None:
+    """4 M draws: the standard error of the drop rate is 2.5e-4 at most. Neighbours (within a
+    chunk of the kernel and across chunk boundaries), the same offset in neighbouring chunks and
+    the same element in two calls must be dropped together with probability p^2."""
     torch.manual_seed(0)
-    keep = keep_mask(torch.Size([2048, 2048]), p, torch.device("cpu"))
-    assert keep.dtype == torch.bool and keep.shape == (2048, 2048)
+    keep, again = _keep((2048, 2048), p), _keep((2048, 2048), p)
     drop_rate = 1.0 - keep.float().mean().item()
     assert abs(drop_rate - p) < 5 * (p * (1 - p) / keep.numel()) ** 0.5
-    # neighbouring elements come from the same random word and must still be independent
-    pairs = (~keep[:, 0::2] & ~keep[:, 1::2]).float().mean().item()
-    assert abs(pairs - p * p) < 5 * (p * p / keep[:, 0::2].numel()) ** 0.5
+    flat, other = ~keep.flatten(), ~again.flatten()
+    for both in (flat[:-1] & flat[1:],  # neighbours
+                 flat[32767::32768][:-1] & flat[32768::32768],  # across the kernel's chunks
+                 flat[:-32768] & flat[32768:],  # the same place in neighbouring chunks
+                 flat & other):  # two calls
+        rate = both.float().mean().item()
+        assert abs(rate - p * p) < 5 * (p * p * (1 - p * p) / both.numel()) ** 0.5
+    assert not torch.equal(keep, again)
+
+
+def test_masks_follow_torch_generator_and_not_the_thread_count() -> None:
+    """The kernel runs in torch.get_num_threads() slices; the mask must not depend on them."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    first = _keep((300, 1000), 0.3)
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            torch.set_rng_state(state)
+            assert torch.equal(_keep((300, 1000), 0.3), first), n
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # the kernels leave torch's thread count alone
+    torch.manual_seed(3)
+    assert torch.equal(_keep((300, 1000), 0.3), first)
 
 
 def test_dropout_scales_kept_elements_and_passes_the_same_mask_back() -> None:
@@ -33,8 +61,9 @@ def test_dropout_scales_kept_elements_and_passes_the_same_mask_back() -> None:
     y = dropout(x, 0.25, training=True)
     kept = y != 0
     torch.testing.assert_close(y[kept], x[kept] / 0.75)
-    y.backward(torch.ones_like(y))
-    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    upstream = torch.randn(300, 64).t()  # not contiguous
+    y.backward(upstream)
+    torch.testing.assert_close(x.grad, upstream * kept.float() / 0.75)
     # the masks come from torch's generator: the same seed gives the same mask
     torch.manual_seed(0)
     torch.testing.assert_close(dropout(x, 0.25, training=True), y)
@@ -49,6 +78,27 @@ def test_dropout_is_the_identity_outside_training_or_at_zero() -> None:
     assert module(x) is x
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.5)
+
+
+def test_dropout_keeps_torch_semantics_for_layouts_dtypes_and_non_finite_values() -> None:
+    x = torch.randn(40, 70)
+    torch.manual_seed(5)
+    expected = dropout(x, 0.4, training=True)
+    torch.manual_seed(5)  # a transposed view is read in its logical order
+    torch.testing.assert_close(dropout(x.t().contiguous().t(), 0.4, training=True), expected)
+    torch.manual_seed(5)
+    double = dropout(x.double(), 0.4, training=True)
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), expected)
+    half = dropout(x.bfloat16(), 0.4, training=True)  # torch's own dropout
+    assert half.dtype == torch.bfloat16 and ((half == 0).float().mean() - 0.4).abs() < 0.05
+    # NaN stays NaN even where dropped (x * 0), as with F.dropout; F.relu(-inf) = 0
+    weird = torch.tensor([float("nan"), float("inf"), float("-inf")]).repeat(200)
+    out = dropout(weird, 0.5, training=True)
+    assert out[0::3].isnan().all()
+    assert torch.equal(out[1::3].isnan(), out[1::3] != float("inf"))  # inf kept, inf * 0 = nan
+    out = relu_dropout(weird, 0.5, training=True)
+    assert out[0::3].isnan().all() and (out[2::3] == 0).all()
 
 
 def test_relu_dropout_is_relu_then_dropout() -> None:
@@ -81,7 +131,7 @@ def test_attention_dropout_path_is_softmax_dropout_matmul() -> None:
     k, v = (t.view(3, 7, 4, 4).transpose(1, 2) for t in mha.kv_proj(kv_in).split(16, dim=-1))
     scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask[:, None, None, :], float("-inf"))
     torch.manual_seed(1)
-    drop = keep_mask(torch.Size([3, 4, 5, 7]), 0.2, torch.device("cpu")).float() / 0.8
+    drop = dropout(torch.ones(3, 4, 5, 7), 0.2, training=True)  # the same mask, scaled
     expected = mha.out_proj(((scores.softmax(-1) * drop) @ v).transpose(1, 2).reshape(3, 5, 16))
     torch.testing.assert_close(out, expected)
     # without dropout (eval) the fused kernel computes the same as the plain module

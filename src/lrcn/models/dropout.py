@@ -1,83 +1,138 @@
-"""Dropout whose random masks are cheap on the CPU, with exactly torch's semantics.
+"""Dropout whose random masks are cheap on the CPU, with torch's semantics.
 
 Why not ``nn.Dropout`` on the CPU: torch draws every mask element as a float Bernoulli from a
-single-threaded Mersenne Twister, about 8 ns an element on a 2-core Xeon. The paper-size
-LRCN-ED training step draws ~120 M mask elements (attention maps, FFN hidden, residual
-branches), which made dropout a fifth of the whole step (see benchmarks/train_throughput.py).
+single-threaded Mersenne Twister (about 8 ns an element on a 2-core Xeon), stores the mask, and
+multiplies in a separate pass. The paper-size LRCN-ED training step draws ~120 M mask elements
+(attention maps, FFN hidden, residual branches), which made dropout a fifth of the whole step
+(see benchmarks/train_throughput.py).
 
-Here an element costs one random *byte*, and bytes come eight at a time from 64-bit words of
-torch's own generator (so ``torch.manual_seed`` and ``torch.get_rng_state`` still cover the
-masks). With ``k = floor(256 p)``, an element is dropped when its byte is below ``k``; the rare
-elements whose byte equals ``k`` (1 in 256) are dropped with probability ``256 p - k`` from a
-float draw. So P(drop) = k/256 + (256p - k)/256 = p exactly, elements independent, and kept
-elements are scaled by 1 / (1 - p), as ``F.dropout`` does. On other devices (CUDA's
-generator is fast) and outside training, ``F.dropout`` itself is used.
+Here a numba kernel (`lrcn.models.dropout_kernels`) draws each element's random 64-bit number
+from a counter-based stream and applies the mask in the same pass, on as many threads as
+torch uses. An element
+is dropped when its number is below ``floor(p * 2^64)``, so P(drop) is p to within 2^-64,
+elements are independent, and kept elements are scaled by 1 / (1 - p), as ``F.dropout`` does.
+The mask is never stored: the backward pass recomputes it from the call's seed. Each call takes
+its seed from torch's generator, so ``torch.manual_seed`` and ``torch.get_rng_state`` still
+decide and restore the masks. The FFN's ReLU and its dropout are one pass (`relu_dropout`),
+whose gradient is read off its output.
 
-The FFN's ReLU and its dropout share one saved mask (``relu_dropout``), which saves a pass
-over the largest activation in both directions.
+On other devices (CUDA's generator is fast), for other dtypes (bf16 autocast) and outside
+training, ``F.dropout`` itself is used.
 """
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool tensor of `shape`, each element True (kept) with probability 1 - p, independently."""
-    n = shape.numel()
-    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
-    words.random_(-(2**63), 2**63 - 1)  # the full 64 bits, not just the non-negative half
-    random_bytes = words.view(torch.uint8)[:n]  # (n,) uniform on 0..255
-    k = int(p * 256)
-    frac = p * 256 - k
-    if frac == 0:
-        return (random_bytes >= k).view(shape)
-    keep = random_bytes > k
-    ties = (random_bytes == k).nonzero().squeeze(1)  # drop with probability frac: P(drop) = p
-    keep[ties] = torch.rand(ties.numel(), device=device) >= frac
-    return keep.view(shape)
+@functools.cache
+def _numba_kernels():
+    """Import numba and the kernels (compiled, or loaded from numba's cache) once.
+
+    Starting numba's OpenMP threads sets the OpenMP thread count of the calling thread (shared
+    with torch) to numba's own default, the number of CPUs; torch's setting is put back."""
+    threads = torch.get_num_threads()
+    import numba
+
+    from lrcn.models import dropout_kernels
+
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # starts numba's threads
+    torch.set_num_threads(threads)
+    return numba, dropout_kernels
 
 
-class _MaskMultiply(torch.autograd.Function):
-    """y = x * mask with a precomputed (scaled) mask; the gradient is grad * mask."""
+def _kernels():
+    """The kernels, set to run on as many threads as torch uses now."""
+    numba, kernels = _numba_kernels()
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    return kernels
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """The tensor's elements as a flat array (a view; a copy only when `t` is not contiguous)."""
+    return t.detach().contiguous().view(-1).numpy()
+
+
+def _scale(p: float, like: np.ndarray) -> np.generic:
+    """1 / (1 - p) in the array's dtype, so the kernels multiply without upcasting."""
+    return like.dtype.type(1.0 / (1.0 - p))
+
+
+def _scale_kept(x: torch.Tensor, stream: tuple, p: float, relu: bool) -> torch.Tensor:
+    """Dropout of `x` (of ReLU(x) with `relu`) with the mask of `stream`, as a new tensor."""
+    x_flat = _flat(x)
+    out = torch.empty(x.shape, dtype=x.dtype)
+    threshold = np.uint64(int(p * 2**64))  # < 2^64 for p < 1; p * 2^64 exactly for p >= 2^-11
+    _kernels().scale_kept(x_flat, out.view(-1).numpy(), *stream, threshold, _scale(p, x_flat),
+                          relu)
+    return out
+
+
+def _new_stream() -> tuple:
+    """A fresh mask stream, drawn from torch's default generator (two 64-bit integers)."""
+    seed, gamma = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64).tolist()
+    return _kernels().stream_parameters(seed, gamma)
+
+
+class _Dropout(torch.autograd.Function):
+    """y = x * mask / (1 - p); the backward pass recomputes the mask from the stream."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(mask)
-        return x * mask
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        ctx.stream, ctx.p = _new_stream(), p
+        return _scale_kept(x, ctx.stream, p, relu=False)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        return _scale_kept(grad, ctx.stream, ctx.p, relu=False), None
 
 
-def _use_byte_masks(x: torch.Tensor, p: float, training: bool) -> bool:
-    return training and 0.0 < p < 1.0 and x.device.type == "cpu"
+class _ReluDropout(torch.autograd.Function):
+    """y = relu(x) * mask / (1 - p); the gradient is grad / (1 - p) where y > 0, else 0."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        out = _scale_kept(x, _new_stream(), p, relu=True)
+        ctx.save_for_backward(out)  # the next Linear saves it anyway: no extra memory
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (out,) = ctx.saved_tensors
+        grad_in = torch.empty(out.shape, dtype=out.dtype)
+        out_flat = _flat(out)
+        _kernels().scale_where_positive(_flat(grad), out_flat, grad_in.view(-1).numpy(),
+                                        _scale(ctx.p, out_flat))
+        return grad_in, None
+
+
+def _use_kernels(x: torch.Tensor, p: float, training: bool) -> bool:
+    return (training and 0.0 < p < 1.0 and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout(x, p, training)`` with byte masks on the CPU."""
-    if not _use_byte_masks(x, p, training):
+    """``F.dropout(x, p, training)``, with one-pass counter-based masks on the CPU."""
+    if not _use_kernels(x, p, training):
         return F.dropout(x, p, training)
-    mask = keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
-    return _MaskMultiply.apply(x, mask)
+    return _Dropout.apply(x, p)
 
 
 def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout(F.relu(x), p, training)`` as one masked multiply (one saved mask)."""
-    if not _use_byte_masks(x, p, training):
+    """``F.dropout(F.relu(x), p, training)`` in one pass, saving only its output."""
+    if not _use_kernels(x, p, training):
         return F.dropout(F.relu(x), p, training)
-    keep = keep_mask(x.shape, p, x.device)
-    keep &= x > 0  # ReLU's gradient is 0 at x <= 0, as torch's threshold_backward
-    mask = keep.to(x.dtype).mul_(1.0 / (1.0 - p))
-    return _MaskMultiply.apply(x, mask)
+    return _ReluDropout.apply(x, p)
 
 
 class Dropout(nn.Module):
-    """``nn.Dropout`` with byte masks on the CPU; same probability, same scaling."""
+    """``nn.Dropout`` with the one-pass masks on the CPU; same probability, same scaling."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
