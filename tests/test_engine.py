@@ -41,6 +41,7 @@ from lrcn.engine.inference import load_model
 from lrcn.engine.schedule import lr_factor
 from lrcn.engine.trainer import train
 from lrcn.errors import LrcnError
+from lrcn.fileio import remove_unfinished_writes
 from lrcn.evaluation.score import read_results
 from lrcn.models import create_model
 
@@ -306,6 +307,21 @@ def test_atomic_write(tmp_path: Path) -> None:
 
     atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and os.listdir(path.parent) == ["file.bin"]
+
+
+def test_remove_unfinished_writes_takes_only_atomic_write_temporaries(tmp_path: Path) -> None:
+    """What a SIGKILL inside atomic_write leaves: ``.NAME.XXXX.tmp`` beside NAME, at any depth."""
+    killed = tmp_path / "checkpoints" / ".last.pt.x8k2m1.tmp"
+    nested = tmp_path / "a" / "b" / ".metrics.jsonl.q0q0q0.tmp"
+    for p in (killed, nested):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    kept = [tmp_path / "checkpoints" / "last.pt", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for p in kept:
+        p.write_bytes(b"whole")
+    assert remove_unfinished_writes(tmp_path) == sorted([killed, nested])
+    assert not killed.exists() and not nested.exists() and all(p.exists() for p in kept)
+    assert remove_unfinished_writes(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- evaluator

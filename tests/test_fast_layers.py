@@ -208,3 +208,15 @@ def _grads_by_plain_name(fast: LRCN) -> dict[str, torch.Tensor]:
         if name not in attention_params:
             grads[name] = p.grad
     return grads
+
+
+def test_dropout_under_torch_compile_is_torchs_own() -> None:
+    """Compiled graphs trace ``F.dropout`` (the kernels are opaque to dynamo)."""
+    torch.manual_seed(0)
+    ffn = torch.nn.Sequential(torch.nn.Linear(16, 64), Dropout(0.5)).train()
+    compiled = torch.compile(ffn, backend="aot_eager")
+    x = torch.randn(32, 16, requires_grad=True)
+    y = compiled(x)
+    y.sum().backward()
+    dropped = (y == 0).float().mean().item()
+    assert 0.4 < dropped < 0.6 and x.grad is not None and x.grad.isfinite().all()

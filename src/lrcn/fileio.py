@@ -25,3 +25,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_unfinished_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.*.tmp``) that `atomic_write` leaves in `folder`, at
+    any depth, when its process was killed mid-write; return them. Call it only where no other
+    process is writing."""
+    stale = sorted(p for p in folder.rglob(".*.tmp") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -34,7 +34,7 @@ from lrcn.data.records import VQASplit
 from lrcn.engine import distributed
 from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
-from lrcn.fileio import atomic_write
+from lrcn.fileio import atomic_write, remove_unfinished_writes
 from lrcn.engine.curves import plot_curves
 from lrcn.engine.memory import keep_freed_memory
 from lrcn.engine.losses import ANSWER_LOSSES, task_loss
@@ -518,6 +518,9 @@ def resume_checkpoint(cfg: RunConfig, out_dir: Path) -> tuple[Checkpoint | None,
                             f"trained with {old!r} (a resumed run may change only "
                             f"{', '.join(RESUMABLE_CHANGES)}, and move its data)")
     progress = Progress.from_checkpoint(ckpt, path)
+    if distributed.is_main():  # a killed run may have left a write unfinished
+        for stale in remove_unfinished_writes(out_dir):
+            log.info("removed %s, left by an interrupted write", stale)
     least = progress.epoch + (progress.step > 0)
     if cfg.train.epochs < least:
         raise LrcnError(f"cannot resume {out_dir} with train.epochs = {cfg.train.epochs}: the "

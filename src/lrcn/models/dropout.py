@@ -16,8 +16,9 @@ its seed from torch's generator, so ``torch.manual_seed`` and ``torch.get_rng_st
 decide and restore the masks. The FFN's ReLU and its dropout are one pass (`relu_dropout`),
 whose gradient is read off its output.
 
-On other devices (CUDA's generator is fast), for other dtypes (bf16 autocast) and outside
-training, ``F.dropout`` itself is used.
+On other devices (CUDA's generator is fast), for other dtypes (bf16 autocast), inside
+``torch.compile`` (which fuses dropout into its own kernels) and outside training,
+``F.dropout`` itself is used.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class _ReluDropout(torch.autograd.Function):
 
 def _use_kernels(x: torch.Tensor, p: float, training: bool) -> bool:
     return (training and 0.0 < p < 1.0 and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64))
+            and x.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling())  # compiled graphs fuse their own dropout
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
