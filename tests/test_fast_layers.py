@@ -220,3 +220,27 @@ def test_dropout_under_torch_compile_is_torchs_own() -> None:
     y.sum().backward()
     dropped = (y == 0).float().mean().item()
     assert 0.4 < dropped < 0.6 and x.grad is not None and x.grad.isfinite().all()
+
+
+@pytest.mark.parametrize("fn", [dropout, relu_dropout])
+def test_inplace_dropout_overwrites_its_input_with_the_same_result(fn) -> None:
+    """In place (the model's fresh sub-layer outputs): same values and gradients, no new
+    tensor; autograd still refuses it where the input is needed by another backward."""
+    linear = torch.nn.Linear(8, 300)
+    x = torch.randn(50, 8)
+    results = []
+    for inplace in (False, True):
+        linear.zero_grad()
+        torch.manual_seed(4)
+        h = linear(x)
+        y = fn(h, 0.3, True, inplace=inplace)
+        assert (y.data_ptr() == h.data_ptr()) == inplace
+        (y * torch.arange(300.0)).sum().backward()
+        results.append((y.detach(), linear.weight.grad.clone()))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+    leaf = torch.randn(50, 300, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        fn(leaf, 0.3, True, inplace=True)
+    saved = torch.randn(50, 300, requires_grad=True).exp()  # exp's backward needs its output
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        fn(saved, 0.3, True, inplace=True).sum().backward()

@@ -64,10 +64,12 @@ def _scale(p: float, like: np.ndarray) -> np.generic:
     return like.dtype.type(1.0 / (1.0 - p))
 
 
-def _scale_kept(x: torch.Tensor, stream: tuple, p: float, relu: bool) -> torch.Tensor:
-    """Dropout of `x` (of ReLU(x) with `relu`) with the mask of `stream`, as a new tensor."""
+def _scale_kept(x: torch.Tensor, stream: tuple, p: float, relu: bool,
+                inplace: bool = False) -> torch.Tensor:
+    """Dropout of `x` (of ReLU(x) with `relu`) with the mask of `stream`: a new tensor, or `x`
+    itself overwritten with `inplace` (when it is contiguous)."""
     x_flat = _flat(x)
-    out = torch.empty(x.shape, dtype=x.dtype)
+    out = x if inplace and x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype)
     threshold = np.uint64(int(p * 2**64))  # < 2^64 for p < 1; p * 2^64 exactly for p >= 2^-11
     _kernels().scale_kept(x_flat, out.view(-1).numpy(), *stream, threshold, _scale(p, x_flat),
                           relu)
@@ -84,33 +86,38 @@ class _Dropout(torch.autograd.Function):
     """y = x * mask / (1 - p); the backward pass recomputes the mask from the stream."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:
         ctx.stream, ctx.p = _new_stream(), p
-        return _scale_kept(x, ctx.stream, p, relu=False)
+        out = _scale_kept(x, ctx.stream, p, relu=False, inplace=inplace)
+        if out is x:
+            ctx.mark_dirty(x)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _scale_kept(grad, ctx.stream, ctx.p, relu=False), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _scale_kept(grad, ctx.stream, ctx.p, relu=False), None, None
 
 
 class _ReluDropout(torch.autograd.Function):
     """y = relu(x) * mask / (1 - p); the gradient is grad / (1 - p) where y > 0, else 0."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        out = _scale_kept(x, _new_stream(), p, relu=True)
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:
+        out = _scale_kept(x, _new_stream(), p, relu=True, inplace=inplace)
+        if out is x:
+            ctx.mark_dirty(x)
         ctx.save_for_backward(out)  # the next Linear saves it anyway: no extra memory
         ctx.p = p
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (out,) = ctx.saved_tensors
         grad_in = torch.empty(out.shape, dtype=out.dtype)
         out_flat = _flat(out)
         _kernels().scale_where_positive(_flat(grad), out_flat, grad_in.view(-1).numpy(),
                                         _scale(ctx.p, out_flat))
-        return grad_in, None
+        return grad_in, None, None
 
 
 def _use_kernels(x: torch.Tensor, p: float, training: bool) -> bool:
@@ -119,31 +126,39 @@ def _use_kernels(x: torch.Tensor, p: float, training: bool) -> bool:
             and not torch.compiler.is_compiling())  # compiled graphs fuse their own dropout
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout(x, p, training)``, with one-pass counter-based masks on the CPU."""
+def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) -> torch.Tensor:
+    """``F.dropout(x, p, training, inplace)``, with one-pass counter-based masks on the CPU.
+
+    `inplace` overwrites `x` (as torch does, autograd refuses it where `x` is still needed)
+    and spares an allocation the size of `x`."""
     if not _use_kernels(x, p, training):
-        return F.dropout(x, p, training)
-    return _Dropout.apply(x, p)
+        return F.dropout(x, p, training, inplace)
+    return _Dropout.apply(x, p, inplace)
 
 
-def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout(F.relu(x), p, training)`` in one pass, saving only its output."""
+def relu_dropout(x: torch.Tensor, p: float, training: bool,
+                 inplace: bool = False) -> torch.Tensor:
+    """``F.dropout(F.relu(x), p, training)`` in one pass, saving only its output; `inplace`
+    as in `dropout`."""
     if not _use_kernels(x, p, training):
+        if inplace:
+            return F.dropout(F.relu_(x), p, training, inplace=True)
         return F.dropout(F.relu(x), p, training)
-    return _ReluDropout.apply(x, p)
+    return _ReluDropout.apply(x, p, inplace)
 
 
 class Dropout(nn.Module):
     """``nn.Dropout`` with the one-pass masks on the CPU; same probability, same scaling."""
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
+        return dropout(x, self.p, self.training, self.inplace)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}" if self.inplace else f"p={self.p}"

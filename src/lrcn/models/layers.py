@@ -144,7 +144,8 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(relu_dropout(self.fc1(x), self.dropout, self.training))
+        # in place: fc1's output is needed by nothing else (its backward uses its input)
+        return self.fc2(relu_dropout(self.fc1(x), self.dropout, self.training, inplace=True))
 
 
 class AttentionPool(nn.Module):
@@ -173,7 +174,8 @@ class AttentionPool(nn.Module):
         Returns:
             pooled (B, D) and weights (B, N); a row without valid positions pools to zeros.
         """
-        scores = self.fc2(relu_dropout(self.fc1(x), self.dropout, self.training)).squeeze(-1)
+        hidden = relu_dropout(self.fc1(x), self.dropout, self.training, inplace=True)
+        scores = self.fc2(hidden).squeeze(-1)
         mask = KeyMask.of(mask)  # scores: (B, N)
         if mask is None:
             weights = scores.softmax(dim=-1)

@@ -48,7 +48,7 @@ class QuestionSA(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, inplace=True)  # on fresh sub-layer outputs
 
     def forward(self, y: torch.Tensor, y_mask: KeyMask | torch.Tensor | None) -> torch.Tensor:
         y = self.norm1(y + self.dropout(self.self_attn(y, key_mask=y_mask)))
@@ -77,7 +77,7 @@ class ImageSGA(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, inplace=True)  # on fresh sub-layer outputs
 
     def forward(
         self,
@@ -119,7 +119,7 @@ class QuestionGA(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, inplace=True)  # on fresh sub-layer outputs
 
     def forward(
         self,
