@@ -8,9 +8,9 @@ multiplies in a separate pass. The paper-size LRCN-ED training step draws ~120 M
 
 Here a numba kernel (`lrcn.models.dropout_kernels`) draws each element's random 64-bit number
 from a counter-based stream and applies the mask in the same pass, on as many threads as
-torch uses. An element
-is dropped when its number is below ``floor(p * 2^64)``, so P(drop) is p to within 2^-64,
-elements are independent, and kept elements are scaled by 1 / (1 - p), as ``F.dropout`` does.
+torch uses. An element is dropped when its number is below ``floor(p * 2^64)``, so P(drop) is
+p to within 2^-64, elements are independent, and kept elements are scaled by 1 / (1 - p), as
+``F.dropout`` does.
 The mask is never stored: the backward pass recomputes it from the call's seed. Each call takes
 its seed from torch's generator, so ``torch.manual_seed`` and ``torch.get_rng_state`` still
 decide and restore the masks. The FFN's ReLU and its dropout are one pass (`relu_dropout`),
@@ -79,7 +79,7 @@ def _scale_kept(x: torch.Tensor, stream: tuple, p: float, relu: bool,
 def _new_stream() -> tuple:
     """A fresh mask stream, drawn from torch's default generator (two 64-bit integers)."""
     seed, gamma = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64).tolist()
-    return _kernels().stream_parameters(seed, gamma)
+    return _numba_kernels()[1].stream_parameters(seed, gamma)  # plain Python: no thread setup
 
 
 class _Dropout(torch.autograd.Function):
