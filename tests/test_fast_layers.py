@@ -222,25 +222,40 @@ def test_dropout_under_torch_compile_is_torchs_own() -> None:
     assert 0.4 < dropped < 0.6 and x.grad is not None and x.grad.isfinite().all()
 
 
+def _graph_names(t: torch.Tensor) -> set[str]:
+    """The names of every node in the autograd graph behind `t`."""
+    names, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
 @pytest.mark.parametrize("fn", [dropout, relu_dropout])
-def test_inplace_dropout_overwrites_its_input_with_the_same_result(fn) -> None:
+@pytest.mark.parametrize("batch_shape", [(50,), (5, 10)])
+def test_inplace_dropout_overwrites_its_input_with_the_same_result(fn, batch_shape) -> None:
     """In place (the model's fresh sub-layer outputs): same values and gradients, no new
-    tensor; autograd still refuses it where the input is needed by another backward."""
+    tensor; autograd still refuses it where the input is needed by another backward. A 3-D
+    Linear output is a view of a 2-D product: the write goes to that product, so autograd
+    records no write into a view (CopySlices, which copies the whole gradient twice)."""
     linear = torch.nn.Linear(8, 300)
-    x = torch.randn(50, 8)
+    x = torch.randn(*batch_shape, 8)
     results = []
     for inplace in (False, True):
         linear.zero_grad()
         torch.manual_seed(4)
         h = linear(x)
         y = fn(h, 0.3, True, inplace=inplace)
-        assert (y.data_ptr() == h.data_ptr()) == inplace
+        assert (y.data_ptr() == h.data_ptr()) == inplace and y.shape == h.shape
+        assert "CopySlices" not in _graph_names(y)
         (y * torch.arange(300.0)).sum().backward()
         results.append((y.detach(), linear.weight.grad.clone()))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
-    leaf = torch.randn(50, 300, requires_grad=True)
+    leaf = torch.randn(*batch_shape, 300, requires_grad=True)
     with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         fn(leaf, 0.3, True, inplace=True)
     saved = torch.randn(50, 300, requires_grad=True).exp()  # exp's backward needs its output
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        fn(saved, 0.3, True, inplace=True).sum().backward()
+        fn(saved.view(*batch_shape, 300), 0.3, True, inplace=True).sum().backward()
