@@ -146,11 +146,10 @@ def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) ->
 
     `inplace` overwrites `x` (as torch does, autograd refuses it where `x` is still needed)
     and spares an allocation the size of `x`."""
+    if inplace and (base := _whole_base(x)) is not None:
+        return dropout(base, p, training, inplace=True).view(x.shape)
     if not _use_kernels(x, p, training):
         return F.dropout(x, p, training, inplace)
-    base = _whole_base(x) if inplace else None
-    if base is not None:
-        return _Dropout.apply(base, p, True).view(x.shape)
     return _Dropout.apply(x, p, inplace)
 
 
@@ -158,13 +157,11 @@ def relu_dropout(x: torch.Tensor, p: float, training: bool,
                  inplace: bool = False) -> torch.Tensor:
     """``F.dropout(F.relu(x), p, training)`` in one pass, saving only its output; `inplace`
     as in `dropout`."""
+    if inplace and (base := _whole_base(x)) is not None:
+        return relu_dropout(base, p, training, inplace=True).view(x.shape)
     if not _use_kernels(x, p, training):
-        if inplace:
-            return F.dropout(F.relu_(x), p, training, inplace=True)
-        return F.dropout(F.relu(x), p, training)
-    base = _whole_base(x) if inplace else None
-    if base is not None:
-        return _ReluDropout.apply(base, p, True).view(x.shape)
+        # torch's ReLU backward reads the ReLU's output, so only the ReLU may overwrite x
+        return F.dropout(F.relu_(x) if inplace else F.relu(x), p, training)
     return _ReluDropout.apply(x, p, inplace)
 
 
