@@ -126,7 +126,7 @@ def _whole_base(x: torch.Tensor) -> torch.Tensor | None:
     ``F.linear`` on a (B, T, D) input returns a view of its 2-D result. Writing into such a
     view in place makes autograd record the write into the base (``CopySlices``), whose
     backward pass clones the base's gradient, fills a zero tensor of its size and copies twice,
-    three passes over a 32 MiB FFN hidden layer of the paper-size step. Writing into the base
+    four passes over a 32 MiB FFN hidden layer of the paper-size step. Writing into the base
     instead, then viewing it as `x`, records none of that."""
     base = x._base
     if (base is None or base.numel() != x.numel() or not base.is_contiguous()
