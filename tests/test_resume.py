@@ -22,7 +22,7 @@ import torch
 
 from conftest import Result, run_cli, run_cli_uncaptured, tiny_set_args
 from lrcn.engine import trainer
-from lrcn.engine.checkpoint import load_checkpoint
+from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
 from test_cli import assert_one_line_error
 
 # The tiny model with dropout (whose random state a resumed run must restore), 50 steps an
@@ -166,6 +166,21 @@ def test_resuming_a_finished_run(whole_run: Path, tmp_path: Path,
     metrics = without_timings(longer)
     assert [m["epoch"] for m in metrics] == [0, 1, 2] and metrics[:2] == without_timings(whole_run)
     assert load_checkpoint(longer / "checkpoints" / "last.pt").config.train.epochs == 3
+
+
+def test_resuming_weights_that_do_not_fit_is_refused(whole_run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A last.pt whose weights do not fit the model (another lrcn wrote it, or it was edited):
+    an error naming the file and the parameter, not torch's traceback."""
+    run = tmp_path / "edited"
+    shutil.copytree(whole_run, run)
+    path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    name = next(iter(ckpt.model_state))
+    ckpt.model_state[name] = torch.zeros(3, 3)
+    save_checkpoint(path, ckpt)
+    result = run_cli(capsys, "train", "--resume", run, "--epochs", "3")
+    assert_one_line_error(result, "train", f"checkpoint {path} does not match the model", name)
 
 
 # --------------------------------------------------------------------------- non-finite losses

@@ -119,6 +119,22 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     )
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Load the checkpoint's weights into `model`, or say which parameter does not fit.
+
+    torch's first line only says "Error(s) in loading state_dict for VQAModel:"; the next
+    names the first parameter at fault (size mismatch, missing or unexpected keys)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        raise LrcnError(f"checkpoint {path} does not match the model its config describes: "
+                        f"{detail}") from None
+
+
 def _check_fields(path: Path, payload: dict[str, Any]) -> None:
     """The weights, epoch, metrics and optimiser state have the types saving gives them."""
     state = payload["model"]

@@ -19,7 +19,12 @@ from lrcn.data.batches import (EncodedSplit, InMemoryGrids, batch_loader, encode
 from lrcn.data.images import ImageTable, normalize
 from lrcn.data.records import VQASplit
 from lrcn.data.text import WordVocab, tokenize
-from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from lrcn.engine.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+)
 from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.errors import LrcnError
 from lrcn.models import VQAModel, create_model
@@ -147,17 +152,7 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
                              random_weights=True)
     except LrcnError as exc:
         raise LrcnError(f"checkpoint {path}: {exc}") from None
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except RuntimeError as exc:
-        # torch's first line only says "Error(s) in loading state_dict for VQAModel:"; the
-        # next names the first parameter at fault (size mismatch, missing or unexpected keys).
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
-        if len(detail) > 300:
-            detail = detail[:300] + "..."
-        raise LrcnError(f"checkpoint {path} does not match the model its config describes: "
-                        f"{detail}") from None
+    load_weights(model, ckpt.model_state, path)
     model.to(dev).eval()
     return LoadedModel(ckpt, model, dev)
 

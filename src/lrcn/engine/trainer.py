@@ -32,7 +32,7 @@ from lrcn.data.glove import cached_glove
 from lrcn.data.batches import EncodedSplit, batch_loader, set_epoch, shard_length
 from lrcn.data.records import VQASplit
 from lrcn.engine import distributed
-from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
 from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.fileio import atomic_write, remove_unfinished_writes
 from lrcn.engine.curves import plot_curves
@@ -269,7 +269,7 @@ def train_step(step: nn.Module, batches: list[dict[str, torch.Tensor]],
     optimizer.zero_grad(set_to_none=True)
     world = distributed.world_size()
     device = next(step.parameters()).device
-    total = 0.0
+    summed = torch.zeros((), dtype=torch.float64, device=device)  # read once: no sync per batch
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         sync = nullcontext() if last or world == 1 else step.no_sync()  # all-reduce once
@@ -277,7 +277,8 @@ def train_step(step: nn.Module, batches: list[dict[str, torch.Tensor]],
             with autocast(device, t.precision):
                 loss = step(batch, batch["tokens"].shape[0] if keep is None else keep[i])
             (loss * world).backward()
-        total += loss.item()
+        summed += loss.detach().double()
+    total = summed.item()
     finite = math.isfinite(total)
     if t.grad_clip:
         norm = torch.nn.utils.clip_grad_norm_(step.parameters(), t.grad_clip)
@@ -347,16 +348,22 @@ def save_last(path: Path, cfg: RunConfig, data: RunData, model: VQAModel,
     """Write last.pt: the weights, the Adam state and `progress` with every process's random
     states and the loss summed over processes. Every process calls it together; rank 0 writes."""
     rngs = distributed.all_gather_objects(rng_state(device))
-    sums = distributed.all_reduce_sum(torch.tensor([progress.loss, progress.questions],
-                                                   dtype=torch.float64, device=device))
+    loss, questions = _epoch_loss_over_processes(progress, device)
     if distributed.is_main():
-        state = {**dataclasses.asdict(progress), "loss": sums[0].item(),
-                 "questions": int(sums[1].item()), "rng": rngs}
+        state = {**dataclasses.asdict(progress), "loss": loss, "questions": questions,
+                 "rng": rngs}
         epoch = progress.epoch if progress.step else max(progress.epoch - 1, 0)  # the weights'
         save_checkpoint(path, Checkpoint(
             cfg, data.word_vocab, data.answer_vocab, model.state_dict(), epoch,
             progress.history[-1] if progress.history else {}, optimizer.state_dict(), state))
     return path
+
+
+def _epoch_loss_over_processes(progress: Progress, device: torch.device) -> tuple[float, int]:
+    """The epoch's summed training loss and its number of questions, over every process."""
+    sums = distributed.all_reduce_sum(torch.tensor([progress.loss, progress.questions],
+                                                   dtype=torch.float64, device=device))
+    return sums[0].item(), int(sums[1].item())
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -466,9 +473,8 @@ def train_one_epoch(step: nn.Module, loader: DataLoader, optimizer: torch.optim.
                 f"lrcn train --resume {path.parent.parent}")
         if t.checkpoint_every and progress.step % t.checkpoint_every == 0:
             save()
-    sums = distributed.all_reduce_sum(torch.tensor([progress.loss, progress.questions],
-                                                   dtype=torch.float64, device=device))
-    return sums[0].item() / max(sums[1].item(), 1)
+    loss, questions = _epoch_loss_over_processes(progress, device)
+    return loss / max(questions, 1)
 
 
 def evaluate_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVocab,
@@ -559,7 +565,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
                 saved.word_vocab.to_dict(), saved.answer_vocab.to_dict()):
             raise LrcnError(f"cannot resume {out_dir}: its data now gives other word or answer "
                             "vocabularies than the run was trained with (the data changed)")
-        model.load_state_dict(saved.model_state)
+        load_weights(model, saved.model_state, out_dir / "checkpoints" / "last.pt")
         if progress.epoch >= t.epochs:
             log.info("%s has trained all its %d epochs: nothing to do (raise --epochs to train "
                      "longer)", out_dir, t.epochs)
@@ -584,7 +590,11 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     torch.manual_seed(t.seed + rank)  # dropout: another stream in each process
     optimizer = make_optimizer(model, t)
     if saved is not None:
-        optimizer.load_state_dict(saved.optimizer_state)
+        try:
+            optimizer.load_state_dict(saved.optimizer_state)
+        except (ValueError, KeyError) as exc:
+            raise LrcnError(f"{out_dir / 'checkpoints' / 'last.pt'}: its optimizer state does "
+                            f"not fit the model: {exc}") from None
         rngs = saved.progress.get("rng", [])
         if rank < len(rngs):  # its own states; a process the run did not have keeps seed + rank
             set_rng_state(rngs[rank], device)

@@ -175,8 +175,8 @@ class AttentionPool(nn.Module):
             pooled (B, D) and weights (B, N); a row without valid positions pools to zeros.
         """
         hidden = relu_dropout(self.fc1(x), self.dropout, self.training, inplace=True)
-        scores = self.fc2(hidden).squeeze(-1)
-        mask = KeyMask.of(mask)  # scores: (B, N)
+        scores = self.fc2(hidden).squeeze(-1)  # (B, N)
+        mask = KeyMask.of(mask)
         if mask is None:
             weights = scores.softmax(dim=-1)
         else:

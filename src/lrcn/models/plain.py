@@ -26,6 +26,11 @@ from lrcn.models.layers import AttentionPool, FeedForward, KeyMask, MultiHeadAtt
 from lrcn.models.lrcn import LRCN
 
 
+def _valid(mask: torch.Tensor | KeyMask | None) -> torch.Tensor | None:
+    """The (B, S) bool mask, True = valid, of a mask given either way."""
+    return mask.valid if isinstance(mask, KeyMask) else mask
+
+
 class PlainAttention(nn.Module):
     """`MultiHeadAttention`'s interface on top of ``nn.MultiheadAttention``, with its weights."""
 
@@ -47,7 +52,7 @@ class PlainAttention(nn.Module):
     def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None,
                 key_mask: torch.Tensor | KeyMask | None = None) -> torch.Tensor:
         kv = query if key_value is None else key_value
-        valid = key_mask.valid if isinstance(key_mask, KeyMask) else key_mask
+        valid = _valid(key_mask)
         out, _ = self.mha(query, kv, kv, key_padding_mask=None if valid is None else ~valid)
         return out
 
@@ -76,8 +81,7 @@ class PlainAttentionPool(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.fc2(self.dropout(F.relu(self.fc1(x)))).squeeze(-1)  # (B, N)
         if mask is not None:
-            valid = mask.valid if isinstance(mask, KeyMask) else mask
-            scores = scores.masked_fill(~valid, float("-inf"))
+            scores = scores.masked_fill(~_valid(mask), float("-inf"))
         weights = scores.softmax(dim=-1)
         return torch.bmm(weights.unsqueeze(1), x).squeeze(1), weights
 
