@@ -81,6 +81,12 @@ def run_cli_uncaptured(*argv: str) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl: one dict per epoch."""
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
 def tiny_set_args() -> list[str]:
     """``--set`` flags for the tiny model."""
     return [arg for item in TINY_SET for arg in ("--set", item)]

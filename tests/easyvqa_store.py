@@ -19,11 +19,15 @@ GRID = (4, 4, 8)  # (H, W, C) of every image
 ADAM_EPS = ["--set", "train.eps=1e-6"]
 
 
-def write_easyvqa_store(out: Path) -> Path:
-    """Grids for the keys of the training split (the test split's keys are a subset)."""
+def write_easyvqa_store(out: Path, nan_key: str | None = None) -> Path:
+    """Grids for the keys of the training split (the test split's keys are a subset); the grid
+    of `nan_key`, when given, is all NaN."""
     keys = sorted({r.image_key for r in load_split("easyvqa", None, "train").records})
+    grids = np.random.default_rng(0).standard_normal((len(keys), *GRID), np.float32)
+    if nan_key is not None:
+        grids[keys.index(nan_key)] = np.nan
     writer = StoreWriter(out, len(keys), GRID, "float32", "grid", False, keys, {"format": "test"})
-    writer.write(0, np.random.default_rng(0).standard_normal((len(keys), *GRID), np.float32))
+    writer.write(0, grids)
     writer.finish()
     return out
 

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import Result, VQA2Layout, run_cli, run_cli_uncaptured, tiny_set_args
+from conftest import (
+    Result,
+    VQA2Layout,
+    make_vqa2_layout,
+    run_cli,
+    run_cli_uncaptured,
+    tiny_set_args,
+)
 from lrcn.config import load_config
 from lrcn.engine.checkpoint import load_checkpoint
 
@@ -236,8 +243,6 @@ def test_images_decoded_per_batch_fail_early_and_plainly(
     is still refused before the run folder exists, and an unreadable one read by a DataLoader
     worker is the worker's one-line error, not torch's "Caught LrcnError in DataLoader
     worker process 0" with a traceback."""
-    from conftest import make_vqa2_layout
-
     layout = make_vqa2_layout(tmp_path / "vqa2")
     image = layout.root / "train2014" / "COCO_train2014_000000000005.jpg"
     per_batch = ["--epochs", "1", "--set", "data.cache_images=false"]

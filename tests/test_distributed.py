@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import lrcn
-from conftest import run_cli, tiny_set_args
-from easyvqa_store import ADAM_EPS, store_args
+from conftest import read_metrics, run_cli, tiny_set_args
+from easyvqa_store import ADAM_EPS, store_args, write_easyvqa_store
 from lrcn.data import load_split
 from lrcn.data.batches import EncodedSplit, batch_loader, set_epoch, shard_length
 from lrcn.engine.checkpoint import load_checkpoint
@@ -44,10 +44,6 @@ def summary_of(result: subprocess.CompletedProcess) -> dict:
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, result.stdout
     return json.loads(lines[0])
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _rows_split(n: int) -> EncodedSplit:
@@ -94,7 +90,7 @@ def test_two_processes_train_as_one(easyvqa_store: Path, tmp_path: Path,
     one = run_cli(capsys, "train", "--out", tmp_path / "one", *args)
     assert one.code == 0, one.err
 
-    ddp_epochs, one_epochs = metrics(tmp_path / "ddp"), metrics(tmp_path / "one")
+    ddp_epochs, one_epochs = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     assert [e["train_loss"] for e in ddp_epochs] == pytest.approx(
         [e["train_loss"] for e in one_epochs], rel=1e-4)
     assert [e["val"] for e in ddp_epochs] == [e["val"] for e in one_epochs]
@@ -117,20 +113,8 @@ def test_two_processes_train_as_one(easyvqa_store: Path, tmp_path: Path,
 def nan_image_store(out: Path, records: int) -> Path:
     """The easy-VQA store with a NaN grid for the image of fewest of the first `records`
     training questions (so that few steps hold it)."""
-    import numpy as np
-
-    from easyvqa_store import GRID
-    from lrcn.features.store import StoreWriter
-
-    train = load_split("easyvqa", None, "train").records
-    keys = sorted({r.image_key for r in train})
-    first = [r.image_key for r in train[:records]]
-    grids = np.random.default_rng(0).standard_normal((len(keys), *GRID), np.float32)
-    grids[keys.index(min(set(first), key=first.count))] = np.nan
-    writer = StoreWriter(out, len(keys), GRID, "float32", "grid", False, keys, {"format": "test"})
-    writer.write(0, grids)
-    writer.finish()
-    return out
+    first = [r.image_key for r in load_split("easyvqa", None, "train").records[:records]]
+    return write_easyvqa_store(out, nan_key=min(first, key=first.count))
 
 
 def test_processes_skip_non_finite_steps_together_and_resume(
@@ -150,7 +134,7 @@ def test_processes_skip_non_finite_steps_together_and_resume(
     one = run_cli(capsys, "train", "--out", tmp_path / "one", "--epochs", "2", *args)
     assert one.code == 0, one.err
 
-    ddp_epochs, one_epochs = metrics(tmp_path / "ddp"), metrics(tmp_path / "one")
+    ddp_epochs, one_epochs = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     skipped = [e["skipped_steps"] for e in one_epochs]
     assert [e["skipped_steps"] for e in ddp_epochs] == skipped and 0 < min(skipped) < 8
     assert summary_of(ddp)["skipped_steps"] == sum(skipped)
@@ -177,7 +161,7 @@ def test_only_rank_0_writes(tmp_path: Path) -> None:
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == [
         "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "curves.png",
         "metrics.jsonl"]
-    epochs = metrics(run)
+    epochs = read_metrics(run)
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert ddp.stderr.count("epoch 2/2: loss") == 1  # only rank 0 logs progress
 

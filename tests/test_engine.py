@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_SET, VQA2Layout
+from conftest import TINY_SET, VQA2Layout, read_metrics
 from lrcn.cli import build_parser, train_config
 from lrcn.config import (
     DataConfig,
@@ -394,11 +394,6 @@ def _tiny_run_config(layout: VQA2Layout, seed: int, epochs: int = 2) -> RunConfi
         *[arg for item in TINY_SET for arg in ("--set", item)])
 
 
-def _losses(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
-
-
 def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / name).model_state
 
@@ -410,7 +405,7 @@ def test_training_is_reproducible(vqa2_layout: VQA2Layout, tmp_path: Path) -> No
         summary = train(_tiny_run_config(vqa2_layout, seed), runs[name])
         assert summary["run_dir"] == str(runs[name]) and summary["epochs"] == 2
 
-    a, b, c = (_losses(runs[n]) for n in "abc")
+    a, b, c = (read_metrics(runs[n]) for n in "abc")
     assert [m["epoch"] for m in a] == [0, 1]
     assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
     assert [m["val"] for m in a] == [m["val"] for m in b]

@@ -48,9 +48,9 @@ def test_masks_follow_torch_generator_and_not_the_thread_count() -> None:
             torch.set_num_threads(n)
             torch.set_rng_state(state)
             assert torch.equal(_keep((300, 1000), 0.3), first), n
+            assert torch.get_num_threads() == n  # the kernels leave torch's thread count alone
     finally:
         torch.set_num_threads(threads)
-    assert torch.get_num_threads() == threads  # the kernels leave torch's thread count alone
     torch.manual_seed(3)
     assert torch.equal(_keep((300, 1000), 0.3), first)
 
@@ -177,8 +177,6 @@ def test_fast_model_equals_the_plain_model(variant: str) -> None:
             for name in ("p", "dropout"):
                 if isinstance(getattr(module, name, None), float):
                     setattr(module, name, 0.0)
-            if isinstance(module, torch.nn.MultiheadAttention):
-                module.dropout = 0.0
     losses = []
     for model in (fast, plain):
         loss = model(tokens, grid, mask).logsumexp(-1).sum()

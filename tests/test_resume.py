@@ -6,7 +6,6 @@ stop the run with a checkpoint."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import Result, run_cli, run_cli_uncaptured, tiny_set_args
+from conftest import Result, read_metrics, run_cli, run_cli_uncaptured, tiny_set_args
 from lrcn.engine import trainer
 from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
 from test_cli import assert_one_line_error
@@ -80,9 +79,8 @@ def resume(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> Result
 
 
 def without_timings(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
-            for line in lines]
+    return [{k: v for k, v in epoch.items() if not k.endswith("_seconds")}
+            for epoch in read_metrics(run)]
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
@@ -118,7 +116,7 @@ def test_killed_run_resumes_exactly(whole_run: Path, tmp_path: Path,
     summary = resume(capsys, run).json
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
     assert_same_run(run, whole_run)
-    whole = json.loads((whole_run / "metrics.jsonl").read_text().splitlines()[-1])
+    whole = read_metrics(whole_run)[-1]
     assert summary["overall"] == max(m["val"]["overall"] for m in without_timings(whole_run))
     assert summary["train_loss"] == whole["train_loss"]
 
