@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from feature_store import build_store, loader_throughput, model_throughput
+from feature_store import BATCH, build_store, loader_throughput, model_throughput
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     store = build_store(Path(args.work) / "store", args.images).path
-    result: dict[str, object] = {"store_images": args.images, "batch": 64}
+    result: dict[str, object] = {"store_images": args.images, "batch": BATCH}
     for workers in (0, args.workers):
         for cold in (True, False):
             rate = loader_throughput(store, args.questions, args.batches, cold, workers)

@@ -43,28 +43,27 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lrcn.config import ModelConfig, TrainConfig, load_config
-from lrcn.engine.losses import task_loss
+from feature_store import BATCH, GRID, NUM_ANSWERS, TOKENS, VOCAB, model_config
+from lrcn.config import ModelConfig, TrainConfig
 from lrcn.engine.memory import keep_freed_memory
-from lrcn.engine.trainer import make_optimizer
+from lrcn.engine.trainer import make_optimizer, train_step, training_step
 from lrcn.models import create_model
 from lrcn.models.plain import plain_copy
 from lrcn.models.vqa_model import VQAModel
 
-BATCH, TOKENS, GRID, CHANNELS, ANSWERS = 64, 14, 8, 2048, 3129
-VOCAB = 20_573  # MCAN's VQA-v2 word count
+TRAIN = TrainConfig()  # the paper's Adam; dropout 0.1 is the model's
+CPU = torch.device("cpu")
 TARGET_MFU, TARGET_SPEEDUP = 0.65, 1.3
 
 
 def paper_config(dropout: float = 0.1) -> ModelConfig:
-    cfg = load_config("lrcn-ed-sa-6").model
-    cfg.grid_reduction = "none"  # pre-pooled 8x8 grids
+    cfg = model_config("paper")  # the paper's ED-SA-6 on pre-pooled 8x8 grids
     cfg.dropout = dropout
     return cfg
 
 
-def forward_flops(cfg: ModelConfig, tokens: int = TOKENS, regions: int = GRID * GRID,
-                  answers: int = ANSWERS) -> dict[str, int]:
+def forward_flops(cfg: ModelConfig, tokens: int = TOKENS, regions: int = GRID[0] * GRID[1],
+                  answers: int = NUM_ANSWERS) -> dict[str, int]:
     """Matrix-multiply FLOPs (2 per multiply-add) of one question's forward pass, by part."""
     D, F, L, T, N = cfg.d_model, cfg.ffn_dim, cfg.layers, tokens, regions
 
@@ -78,7 +77,7 @@ def forward_flops(cfg: ModelConfig, tokens: int = TOKENS, regions: int = GRID * 
 
     parts = {
         "lstm": 2 * T * 4 * D * (cfg.word_dim + D),
-        "image_proj": 2 * N * CHANNELS * D,
+        "image_proj": 2 * N * GRID[2] * D,
         "question_sa": L * (attention(T, T, True) + ffn(T)),
         "image_sga": L * (attention(N, N, True) + attention(N, T, False) + ffn(N)),
         "pooling": 2 * (N + T) * (D * cfg.pool_hidden + cfg.pool_hidden + D),
@@ -101,26 +100,23 @@ def synthetic_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     tokens = torch.randint(1, VOCAB, (BATCH, TOKENS), generator=g)
     lengths = torch.randint(4, TOKENS + 1, (BATCH,), generator=g)
     tokens[torch.arange(TOKENS) >= lengths[:, None]] = 0
-    target = torch.zeros(BATCH, ANSWERS)
-    target[torch.arange(BATCH), torch.randint(0, ANSWERS, (BATCH,), generator=g)] = 1.0
+    target = torch.zeros(BATCH, NUM_ANSWERS)
+    target[torch.arange(BATCH), torch.randint(0, NUM_ANSWERS, (BATCH,), generator=g)] = 1.0
     return {"tokens": tokens, "image_index": torch.arange(BATCH),
-            "grid": torch.randn(BATCH, GRID, GRID, CHANNELS, generator=g), "target": target}
+            "grid": torch.randn(BATCH, *GRID, generator=g), "target": target}
 
 
-def step(model: VQAModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
-    out = model.forward_all(tokens=batch["tokens"], grid=batch["grid"],
-                            image_index=batch["image_index"])
-    loss = task_loss(out, batch, "answer", "bce", 0.0)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def step(training: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         batch: dict[str, torch.Tensor]) -> None:
+    """One optimizer step as ``lrcn train`` takes it (`training` from `training_step`)."""
+    train_step(training, [batch], optimizer, TRAIN)
 
 
-def counted_flops(model: VQAModel, optimizer: torch.optim.Optimizer,
+def counted_flops(training: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   batch: dict[str, torch.Tensor]) -> int:
     """Matrix-multiply FLOPs of one step per question, as torch's FLOP counter sees them."""
     with FlopCounterMode(display=False) as counter:
-        step(model, optimizer, batch)
+        step(training, optimizer, batch)
     return counter.get_total_flops() // BATCH
 
 
@@ -137,14 +133,14 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
     return best
 
 
-def profile_step(model: VQAModel, optimizer: torch.optim.Optimizer,
+def profile_step(training: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  batch: dict[str, torch.Tensor], steps: int = 2) -> None:
     """Print the step's time by operator (self time, summed over `steps` steps) to stderr."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step(model, optimizer, batch)
+            step(training, optimizer, batch)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25),
           file=sys.stderr)
 
@@ -152,8 +148,8 @@ def profile_step(model: VQAModel, optimizer: torch.optim.Optimizer,
 def make_models(dropout: float) -> tuple[VQAModel, VQAModel]:
     """The package's model and its plain copy, with the same initial weights."""
     torch.manual_seed(0)
-    fast = create_model(paper_config(dropout), VOCAB, ANSWERS)
-    plain = create_model(paper_config(dropout), VOCAB, ANSWERS)
+    fast = create_model(paper_config(dropout), VOCAB, NUM_ANSWERS)
+    plain = create_model(paper_config(dropout), VOCAB, NUM_ANSWERS)
     plain.net = plain_copy(fast.net)
     return fast.train(), plain.train()
 
@@ -173,11 +169,13 @@ def main() -> None:
     batch = synthetic_batch()
     fast, plain = make_models(cfg.dropout)
     fast_no_dropout, _ = make_models(0.0)
+    plain_adam = torch.optim.Adam(plain.parameters(), lr=TRAIN.lr, betas=TRAIN.betas,
+                                  eps=TRAIN.eps)  # torch's defaults: no fused kernel
     runs = {
-        "fast": (fast, make_optimizer(fast, TrainConfig())),
-        "plain": (plain, torch.optim.Adam(plain.parameters(), lr=1e-4, betas=(0.9, 0.98),
-                                          eps=1e-9)),
-        "fast_no_dropout": (fast_no_dropout, make_optimizer(fast_no_dropout, TrainConfig())),
+        "fast": (training_step(fast, TRAIN, CPU), make_optimizer(fast, TRAIN)),
+        "plain": (training_step(plain, TRAIN, CPU), plain_adam),
+        "fast_no_dropout": (training_step(fast_no_dropout, TRAIN, CPU),
+                            make_optimizer(fast_no_dropout, TRAIN)),
     }
     counted = counted_flops(*runs["fast"], batch)
     uncounted = 3 * forward_flops(cfg)["lstm"]  # torch's counter has no formula for the LSTM
@@ -185,18 +183,18 @@ def main() -> None:
         sys.exit(f"analytic FLOPs {flops_per_sample:,} disagree with torch's counter {counted:,} "
                  f"+ LSTM {uncounted:,}")
     for _ in range(args.warmup):
-        for model, optimizer in runs.values():
-            step(model, optimizer, batch)
+        for training, optimizer in runs.values():
+            step(training, optimizer, batch)
     if args.profile:
         profile_step(*runs["fast"], batch)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     bracket_peaks: dict[str, list[float]] = {name: [] for name in runs}
     peaks = [matmul_peak()]
     for r in range(args.rounds):
-        for name, (model, optimizer) in runs.items():
+        for name, (training, optimizer) in runs.items():
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(model, optimizer, batch)
+                step(training, optimizer, batch)
             seconds[name].append((time.perf_counter() - start) / args.steps)
             peaks.append(matmul_peak())
             bracket_peaks[name].append(max(peaks[-2:]))  # the readings just before and after
