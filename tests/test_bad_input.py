@@ -9,11 +9,8 @@ test_json_records.py; here each kind of fault is seen the way a user meets it.
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,8 @@ from conftest import (
 )
 from lrcn.data.images import load_image
 from lrcn.features import import_features
-from test_cli import assert_one_line_error
+from test_cli import assert_refused
+from test_serve_api import encode, png_with_header
 from vizwiz_layout import make_vizwiz_layout
 
 QUESTIONS = "Questions/v2_OpenEnded_mscoco_train2014_questions.json"
@@ -51,15 +49,6 @@ def train(capsys: pytest.CaptureFixture[str], root: Path, out: Path, *extra: Any
     """One tiny epoch on `dataset` under `root` (VQA-v2 or VizWiz default splits)."""
     return run_cli(capsys, "train", "--dataset", dataset, "--data-root", root, "--epochs", "1",
                    "--out", out, "--json", *tiny_set_args(), *extra)
-
-
-def assert_refused(result: Result, command: str, *fragments: str,
-                   absent: tuple[Path, ...] = ()) -> None:
-    """One error line naming every fragment, exit 2, and none of `absent` written."""
-    assert result.code == 2, result.err
-    assert_one_line_error(result, command, *fragments)
-    for path in absent:
-        assert not path.exists(), path
 
 
 # --------------------------------------------------------------------------- JSON records
@@ -143,30 +132,14 @@ def test_bad_record_is_one_error_naming_file_and_record(
 
 # --------------------------------------------------------------------------- images
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A 1-bit PNG that claims `width` x `height` pixels: a few bytes of decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-
-
 # Pillow warns above Image.MAX_IMAGE_PIXELS (89.5 M) and raises above twice that.
 BAD_IMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "zero bytes": (lambda jpeg: b"", "cannot identify image file"),
     "truncated": (lambda jpeg: jpeg[: len(jpeg) // 2], "cannot read image"),
     "corrupt": (lambda jpeg: jpeg[:20] + bytes(len(jpeg) - 20), "cannot read image"),
-    "over twice the pixel limit": (lambda jpeg: png_header(20_000, 20_000),
+    "over twice the pixel limit": (lambda jpeg: png_with_header(20_000, 20_000),
                                    "over the pixel limit"),
-    "over the pixel limit": (lambda jpeg: png_header(10_000, 10_000), "over the pixel limit"),
+    "over the pixel limit": (lambda jpeg: png_with_header(10_000, 10_000), "over the pixel limit"),
 }
 
 
@@ -175,7 +148,7 @@ def test_unreadable_image_names_the_file(case: str, tmp_path: Path,
                                          recwarn: pytest.WarningsRecorder) -> None:
     make, reason = BAD_IMAGES[case]
     path = tmp_path / "photo.jpg"
-    path.write_bytes(make(_encode(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")))
+    path.write_bytes(make(encode(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")))
     with raises_naming(path, reason):
         load_image(path)
     assert not recwarn.list, [str(w.message) for w in recwarn]  # an error, not a warning
@@ -232,7 +205,7 @@ MODES: dict[str, tuple[Image.Image, str, tuple[int, int, int]]] = {
 def test_every_image_mode_reads_as_rgb(mode: str, tmp_path: Path) -> None:
     image, fmt, pixel = MODES[mode]
     path = tmp_path / "image"
-    path.write_bytes(_encode(image, fmt))
+    path.write_bytes(encode(image, fmt))
     with Image.open(path) as opened:
         assert opened.mode == mode
     rgb = load_image(path)
@@ -252,7 +225,7 @@ def test_odd_images_and_questions_train_and_predict(
     make_vqa2_layout(root)
     for image_id, mode in zip(sorted(TRAIN_IMAGES), ["L", "CMYK", "RGBA", "P", "I;16", "1"]):
         image, fmt, _ = MODES[mode]
-        train_image(root, image_id).write_bytes(_encode(image, fmt))
+        train_image(root, image_id).write_bytes(encode(image, fmt))
     _questions(lambda q: (q[0].update(question=LONG_QUESTION),
                           q[1].update(question=EMOJI_QUESTION)))(root)
     out = tmp_path / "run"

@@ -206,6 +206,15 @@ def assert_one_line_error(result: Result, command: str, *fragments: str) -> None
     assert result.out == ""
 
 
+def assert_refused(result: Result, command: str, *fragments: str,
+                   absent: tuple[Path, ...] = ()) -> None:
+    """One error line naming every fragment, exit 2, and none of `absent` written."""
+    assert result.code == 2, result.err
+    assert_one_line_error(result, command, *fragments)
+    for path in absent:
+        assert not path.exists(), path
+
+
 def test_train_errors(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout, tmp_path: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
     base = ["train", "--out", tmp_path / "run", "--epochs", "1", *tiny_set_args()]

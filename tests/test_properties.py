@@ -7,7 +7,6 @@ time; each property tries at most ``EXAMPLES`` inputs.
 
 from __future__ import annotations
 
-import io
 import json
 import string
 from collections import Counter
@@ -46,6 +45,7 @@ from lrcn.evaluation.vqa_accuracy import (
     soft_scores,
 )
 from lrcn.features.store import FeatureStore
+from test_serve_api import encode
 from vizwiz_layout import annotations as vizwiz_annotations
 
 EXAMPLES = 150
@@ -306,11 +306,9 @@ def test_glove_lines_parse_or_name_file_and_line(work: Path, lines: list[str]) -
 
 
 def _image_bytes(fmt: str) -> bytes:
-    buffer = io.BytesIO()
     image = Image.new("RGB", (19, 11), (10, 200, 30))
     image.putpixel((3, 4), (255, 0, 0))
-    image.save(buffer, fmt)
-    return buffer.getvalue()
+    return encode(image, fmt)
 
 
 IMAGES = {fmt: _image_bytes(fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP")}

@@ -16,6 +16,7 @@ from lrcn.cli import build_parser, train_config
 from lrcn.engine import trainer
 from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.models import create_model
+from test_cli import assert_refused
 
 
 def _train(capsys: pytest.CaptureFixture[str], out: Path, *extra: object) -> Result:
@@ -138,8 +139,7 @@ def test_settings_that_cannot_run_are_refused(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     result = run_cli(capsys, "train", "--out", tmp_path / "run", *tiny_set_args(), *argv)
-    _assert_refused(result, "train", fragments)
-    assert not (tmp_path / "run").exists()
+    assert_refused(result, "train", *fragments, absent=(tmp_path / "run",))
 
 
 def test_bf16_on_a_device_without_it_is_refused(
@@ -148,22 +148,13 @@ def test_bf16_on_a_device_without_it_is_refused(
     monkeypatch.setattr(trainer, "bf16_supported", lambda device: False)
     result = run_cli(capsys, "train", "--out", tmp_path / "run", "--precision", "bf16",
                      *tiny_set_args())
-    _assert_refused(result, "train", ["--precision bf16: this CPU", "does not support bfloat16",
-                                      "use --precision fp32"])
-    assert not (tmp_path / "run").exists()
+    assert_refused(result, "train", "--precision bf16: this CPU", "does not support bfloat16",
+                   "use --precision fp32", absent=(tmp_path / "run",))
 
 
 def test_compare_refuses_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = run_cli(capsys, "compare", "--dataset", "easyvqa", "--out", tmp_path / "cmp")
-    _assert_refused(result, "compare", ["run lrcn train under torchrun for each model"])
-    assert not (tmp_path / "cmp").exists()
-
-
-def _assert_refused(result: Result, command: str, fragments: list[str]) -> None:
-    assert result.code == 2 and "Traceback" not in result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"lrcn {command}: error: "), result.err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+    assert_refused(result, "compare", "run lrcn train under torchrun for each model",
+                   absent=(tmp_path / "cmp",))
