@@ -124,8 +124,11 @@ def test_processes_skip_non_finite_steps_together_and_resume(
     DDP averages otherwise). Trained one epoch, then resumed for a second (each process takes
     its own random state from last.pt), the run is the single process's."""
     store = nan_image_store(tmp_path / "store", 64)
+    # One schedule for a run of 1 epoch resumed to 2 and a run of 2: the preset's would be
+    # rescaled to each run's length (a warm-up epoch in the second only).
     args = [*tiny_set_args(), *store_args(store), *ADAM_EPS, "--batch-size", "8",
-            "--set", "data.train_limit=64", "--val-split", "none", "--seed", "3", "--json"]
+            "--set", "data.train_limit=64", "--val-split", "none", "--seed", "3", "--json",
+            "--set", "train.warmup_epochs=0", "--set", "train.decay_epochs=[]"]
     ddp = torchrun(tmp_path, "--out", tmp_path / "ddp", "--epochs", "1", *args)
     assert ddp.returncode == 0, ddp.stderr
     ddp = torchrun(tmp_path, "--resume", tmp_path / "ddp", "--epochs", "2", "--json")

@@ -35,7 +35,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def small_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """Builds that use the default sizes (ensure_easy_vizwiz, the registry) stay tiny."""
-    monkeypatch.setattr(ev, "DEFAULT_SIZES", TINY)
+    monkeypatch.setattr(ev.EASY_VIZWIZ, "default_sizes", TINY)
 
 
 def meta(root: Path) -> dict[str, Any]:
@@ -109,6 +109,16 @@ def test_read_every_split(built: Path) -> None:
         assert data.has_answers == (split != "test")
     assert all(set(r) == {"image", "question"} for r in annotations(built, "test"))
     assert meta(built)["sizes"] == SIZES and meta(built)["version"] == ev.VERSION
+
+
+def test_meta_file_keeps_its_name_and_fields(built: Path) -> None:
+    """Builds in users' caches stay valid: same folder, meta file name and fields."""
+    assert ev.META_FILE == "easy_vizwiz.json" and ev.EASY_VIZWIZ.meta_file == ev.META_FILE
+    assert list(meta(built)) == ["name", "version", "seed", "sizes", "mix", "source", "records"]
+    assert meta(built)["name"] == "easy-vizwiz" and meta(built)["seed"] == ev.DEFAULT_SEED
+    assert meta(built)["mix"] == ev.MIX and meta(built)["source"].startswith("easy-vqa ")
+    assert sorted(p.name for p in built.iterdir()) == sorted(
+        ["Annotations", *VIZWIZ_SPLITS, ev.META_FILE])
 
 
 def test_images_are_jpegs_of_the_stated_size(built: Path) -> None:
@@ -255,7 +265,7 @@ def test_ensure_reuses_a_complete_build(tmp_path: Path, monkeypatch: pytest.Monk
     def no_rebuild(*args: Any) -> None:
         raise AssertionError("rebuilt a complete build")
 
-    monkeypatch.setattr(ev, "_generate", no_rebuild)
+    monkeypatch.setattr(ev.EASY_VIZWIZ, "generate", no_rebuild)
     assert ensure_easy_vizwiz(root) == root
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
 

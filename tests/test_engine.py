@@ -331,7 +331,8 @@ def _records_of(annotations: Path, questions: Path | None = None) -> list[VQARec
     anns = json.loads(annotations.read_text(encoding="utf-8"))["annotations"]
     return [VQARecord(question_id=a["question_id"], image_key=f"{a['image_id']}.jpg",
                       question="q?", answers=tuple(x["answer"] for x in a["answers"]),
-                      answer_type=a["answer_type"]) for a in anns]
+                      answer_type=a["answer_type"], question_type=a["question_type"])
+            for a in anns]
 
 
 def test_evaluator_reproduces_official_numbers() -> None:
@@ -350,6 +351,10 @@ def test_evaluator_reproduces_official_numbers() -> None:
     assert report["per_answer_type"].keys() == expected["perAnswerType"].keys()
     for answer_type, value in expected["perAnswerType"].items():
         assert report["per_answer_type"][answer_type] == pytest.approx(value, abs=1e-6)
+    assert report["per_question_type"].keys() == expected["perQuestionType"].keys()
+    for question_type, value in expected["perQuestionType"].items():
+        assert report["per_question_type"][question_type] == pytest.approx(value, abs=1e-6)
+    assert report["question_type_counts"] == {"how many": 149, "is the": 130, "what is the": 121}
 
     evaluator.reset()
     assert evaluator.predictions == {} and evaluator.results() == []
@@ -373,6 +378,30 @@ def test_evaluator_results_format(tmp_path: Path) -> None:
     assert json.loads(path.read_text(encoding="utf-8")) == results
     assert read_results(path) == {30: "red", 10: "red", 20: "blue"}  # what `score` reads
     assert os.listdir(path.parent) == ["results.json"]
+
+
+def test_evaluator_per_question_type() -> None:
+    """Question types come from the records; untyped records (VG) are in no type, and
+    without any type (VizWiz, easy-VQA) the keys are absent."""
+    def record(qid: int, answer_type: str, question_type: str | None) -> VQARecord:
+        return VQARecord(question_id=qid, image_key="a.jpg", question="q?",
+                         answers=("red",) * 10, answer_type=answer_type,
+                         question_type=question_type)
+
+    records = [record(1, "other", "what color is the"), record(2, "yes/no", "is the"),
+               record(3, "other", "is the"), record(4, "other", None)]
+    evaluator = VQAEvaluator(records)
+    evaluator.process([0, 1, 2, 3], ["red", "blue", "red", "red"])
+    report = evaluator.evaluate()
+    assert report["per_question_type"] == pytest.approx({"is the": 50.0,
+                                                         "what color is the": 100.0})
+    assert report["question_type_counts"] == {"is the": 2, "what color is the": 1}
+    assert report["per_answer_type"] == pytest.approx({"other": 100.0, "yes/no": 0.0})
+    assert report["overall"] == pytest.approx(75.0) and report["num_questions"] == 4
+
+    untyped = VQAEvaluator([record(1, "other", None)], metric="vizwiz")
+    untyped.process([0], ["red"])
+    assert "per_question_type" not in untyped.evaluate()
 
 
 def test_evaluator_without_answers() -> None:

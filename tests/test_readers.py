@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,9 +96,10 @@ def test_read_vqa2_val(tmp_path: Path) -> None:
     assert first == VQARecord(
         question_id=42000, image_key="val2014/COCO_val2014_000000000042.jpg",
         question="What color is the bus?", answers=tuple(SAMPLES[0][4]),
-        answer_type="other", multiple_choice_answer="red",
+        answer_type="other", multiple_choice_answer="red", question_type="what color",
     )
     assert data.records[1].answer_type == "number"
+    assert [r.question_type for r in data.records] == ["what color", "how many", "is it"]
     check_images(data)
     assert data.image_path(first.image_key).is_file()
 
@@ -108,7 +111,8 @@ def test_read_vqa2_test_dev_uses_test2015_images(tmp_path: Path) -> None:
     data = read_vqa2(str(tmp_path), "test-dev2015")
     assert not data.has_answers
     assert data.records[2].image_key == "test2015/COCO_test2015_000000000007.jpg"
-    assert all(r.answers is None and r.answer_type is None for r in data.records)
+    assert all(r.answers is None and r.answer_type is None and r.question_type is None
+               for r in data.records)
     check_images(data)
 
 
@@ -198,6 +202,11 @@ def _append(which: str, index: int, changes: dict) -> Mutation:
          r"annotations\[1\] \(question_id 42001\): has 9 answers, expected 10"),
         (_set(["a", "annotations", 2, "answer_type"], "unanswerable"), "annotations",
          r"annotations\[2\] \(question_id 7000\): answer_type 'unanswerable' is not one of"),
+        (_set(["a", "annotations", 1, "question_type"], None), "annotations",
+         r"annotations\[1\] \(question_id 42001\): missing key 'question_type'"),
+        (_set(["a", "annotations", 1, "question_type"], 5), "annotations",
+         r"annotations\[1\] \(question_id 42001\): 'question_type' must be a string, "
+         r"got an integer 5"),
     ],
 )
 def test_read_vqa2_validation_errors(
@@ -209,6 +218,26 @@ def test_read_vqa2_validation_errors(
     with pytest.raises(LrcnError, match=message) as info:
         read_vqa2(tmp_path, "val2014")
     assert str(q_path if bad_file == "questions" else a_path) in str(info.value)
+
+
+def test_read_vqa2_vg_question_type_optional(vqa2_layout: conftest.VQA2Layout,
+                                             tmp_path: Path) -> None:
+    """VG annotations may lack question_type (None), or carry one, which must be a string."""
+    root = tmp_path / "vqa2"
+    shutil.copytree(vqa2_layout.root, root)
+    assert all(r.question_type is None for r in read_vqa2(root, "vg").records)
+    data = json.loads((root / "VG_annotations.json").read_text(encoding="utf-8"))
+    data["annotations"][0]["question_type"] = "what color"
+    data["annotations"][1]["question_type"] = None  # null is absent, as for answer_type
+    write_json(root / "VG_annotations.json", data)
+    records = read_vqa2(root, "vg").records
+    assert [r.question_type for r in records[:3]] == ["what color", None, None]
+    data["annotations"][2]["question_type"] = 3
+    write_json(root / "VG_annotations.json", data)
+    with pytest.raises(LrcnError, match=r"VG_annotations.json: annotations\[2\] \(question_id "
+                                        r"7002\): 'question_type' must be a string, got an "
+                                        r"integer 3"):
+        read_vqa2(root, "vg")
 
 
 @pytest.mark.parametrize(("text", "message"), [

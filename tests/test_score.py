@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from conftest import raises_naming as _raises
+from conftest import run_cli
 
 from lrcn.errors import LrcnError
 from lrcn.evaluation.score import (
@@ -22,6 +23,7 @@ from lrcn.evaluation.score import (
 )
 
 DATA = Path(__file__).parent / "data" / "vqa_eval"
+VIZWIZ_DATA = Path(__file__).parent / "data" / "vizwiz_eval"
 TOL = 1e-6
 
 
@@ -40,8 +42,9 @@ def _answers(*texts: str) -> list[dict[str, Any]]:
             for i, t in enumerate(texts)]
 
 
-def _annotation(qid: int, answer_type: str = "yes/no", answers: Any = None) -> dict[str, Any]:
-    return {"question_id": qid, "image_id": 1, "question_type": "is",
+def _annotation(qid: int, answer_type: str = "yes/no", answers: Any = None,
+                question_type: str = "is") -> dict[str, Any]:
+    return {"question_id": qid, "image_id": 1, "question_type": question_type,
             "answer_type": answer_type, "multiple_choice_answer": "yes",
             "answers": _answers() if answers is None else answers}
 
@@ -78,9 +81,15 @@ def test_conformance_cases_reproduced() -> None:
     assert set(report.per_answer_type) == set(expected["perAnswerType"])
     for answer_type, value in expected["perAnswerType"].items():
         assert report.per_answer_type[answer_type] == pytest.approx(value, abs=TOL)
+    assert set(report.per_question_type) == set(expected["perQuestionType"])
+    for question_type, value in expected["perQuestionType"].items():
+        assert report.per_question_type[question_type] == pytest.approx(value, abs=TOL)
+    assert report.question_type_counts == {"how many": 149, "is the": 130, "what is the": 121}
     summary = report.to_dict()
     assert summary == {"overall": report.overall,
                        "per_answer_type": report.per_answer_type,
+                       "per_question_type": report.per_question_type,
+                       "question_type_counts": report.question_type_counts,
                        "num_questions": len(per_question)}
 
 
@@ -154,6 +163,7 @@ def test_read_results_ok(tmp_path: Path) -> None:
 def _ann_cases() -> list[tuple[Any, tuple[str, ...]]]:
     good = _annotation(7)
     no_type = {k: v for k, v in good.items() if k != "answer_type"}
+    no_question_type = {k: v for k, v in good.items() if k != "question_type"}
     no_answers = {k: v for k, v in good.items() if k != "answers"}
     no_qid = {k: v for k, v in good.items() if k != "question_id"}
     answer_without_text = _answers()
@@ -177,6 +187,9 @@ def _ann_cases() -> list[tuple[Any, tuple[str, ...]]]:
         ({"annotations": [no_type]}, ("annotations[0]", "missing key 'answer_type'")),
         ({"annotations": [no_answers]}, ("annotations[0]", "missing key 'answers'")),
         ({"annotations": [{**good, "answer_type": None}]}, ("'answer_type' must be a string",)),
+        ({"annotations": [no_question_type]}, ("annotations[0]", "missing key 'question_type'")),
+        ({"annotations": [good, {**_annotation(8), "question_type": ["is"]}]},
+         ("annotations[1] (question_id 8): 'question_type' must be a string, got a list",)),
         ({"annotations": [{**good, "answers": "yes"}]}, ("'answers' must be a list",)),
         ({"annotations": [{**good, "answers": _answers()[:9]}]},
          ("question_id 7", "has 9 answers, expected 10")),
@@ -212,10 +225,12 @@ def test_read_annotations_unreadable(tmp_path: Path) -> None:
 def test_read_annotations_ok(tmp_path: Path) -> None:
     answers = _answers("no", "2")
     del answers[5]["answer_id"]  # distinct records still pass without every answer_id
-    path = _annotations_file(tmp_path / "a.json", [_annotation(3, "other", answers)])
-    by_qid, types = read_vqa_annotations(path)
+    path = _annotations_file(tmp_path / "a.json", [
+        _annotation(3, "other", answers, question_type="what is the")])
+    by_qid, types, question_types = read_vqa_annotations(path)
     assert by_qid == {3: ["no", "2"] + ["yes"] * 8}
     assert types == {3: "other"}
+    assert question_types == {3: "what is the"}
 
 
 # --------------------------------------------------------------------------- coverage
@@ -334,3 +349,80 @@ def test_write_per_question_missing_folder(tmp_path: Path) -> None:
     out = tmp_path / "no_such_dir" / "pq.json"
     with _raises(out, "cannot write"):
         write_per_question(report, out)
+
+
+# --------------------------------------------------------------------------- question types
+
+# Question type -> how many of each of its questions' ten answers are "yes": predicting "yes"
+# scores 0, 0.3, 0.6, 0.9 for 0..3, so the types score 0, 15, 30, ... 90 percent.
+TYPED_YES_COUNTS = {"why": [0], "what is": [0, 1], "how many": [1], "is the": [1, 2],
+                    "what color": [2], "are there": [2, 3], "is this": [3]}
+TYPED_PERCENT = {"why": 0.0, "what is": 15.0, "how many": 30.0, "is the": 45.0,
+                 "what color": 60.0, "are there": 75.0, "is this": 90.0}
+
+
+@pytest.fixture
+def typed(tmp_path: Path) -> tuple[Path, Path]:
+    """Seven question types, cutting across answer types, and results answering "yes"."""
+    annotations, qid = [], 0
+    for question_type, yes_counts in TYPED_YES_COUNTS.items():
+        for n in yes_counts:
+            qid += 1
+            answer_type = ("yes/no", "other", "number")[qid % 3]
+            annotations.append(_annotation(qid, answer_type, _answers(*["no"] * (10 - n)),
+                                           question_type=question_type))
+    ann = _annotations_file(tmp_path / "typed_ann.json", annotations)
+    res = _write(tmp_path / "typed_res.json",
+                 [{"question_id": q, "answer": "yes"} for q in range(1, qid + 1)])
+    return ann, res
+
+
+def test_score_json_per_question_type(typed: tuple[Path, Path],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    ann, res = typed
+    result = run_cli(capsys, "score", "--annotations", ann, "--results", res, "--json")
+    assert result.code == 0, result.err
+    summary = result.json
+    assert summary["per_question_type"] == pytest.approx(TYPED_PERCENT, abs=TOL)
+    assert summary["question_type_counts"] == {t: len(v) for t, v in TYPED_YES_COUNTS.items()}
+    assert summary["num_questions"] == 10
+    assert summary["overall"] == pytest.approx(45.0, abs=TOL)
+    assert set(summary["per_answer_type"]) == {"yes/no", "other", "number"}
+
+
+def _section(out: str, title: str) -> list[str]:
+    """The indented lines under the line starting with ``title``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title)) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("  ")),
+               len(lines))
+    return lines[start:end]
+
+
+def test_score_human_names_worst_and_best_question_types(
+        typed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ann, res = typed
+    result = run_cli(capsys, "score", "--annotations", ann, "--results", res)
+    assert result.code == 0, result.err
+    worst = _section(result.out, "worst 3 of 7 question types:")
+    best = _section(result.out, "best 3 of 7 question types:")
+    assert [line.split('"')[1] for line in worst] == ["why", "what is", "how many"]
+    assert [line.split('"')[1] for line in best] == ["is this", "are there", "what color"]
+    assert "0.00%  (1 question)" in worst[0] and "15.00%  (2 questions)" in worst[1]
+    assert "90.00%  (1 question)" in best[0]
+    assert '"is the"' not in result.out  # the middle type is left out
+
+
+def test_score_human_lists_few_question_types_all(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(capsys, "score", "--annotations", DATA / "annotations.json",
+                     "--results", DATA / "results.json")
+    assert result.code == 0, result.err
+    lines = _section(result.out, "question types, worst first:")
+    assert [line.split('"')[1] for line in lines] == ["what is the", "how many", "is the"]
+    assert "52.64%  (121 questions)" in lines[0]
+    # VizWiz has no question types: nothing about them is printed.
+    vizwiz = run_cli(capsys, "score", "--format", "vizwiz",
+                     "--annotations", VIZWIZ_DATA / "annotations.json",
+                     "--results", VIZWIZ_DATA / "results.json")
+    assert vizwiz.code == 0, vizwiz.err
+    assert "answer accuracy" in vizwiz.out and "question type" not in vizwiz.out

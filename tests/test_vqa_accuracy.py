@@ -157,8 +157,37 @@ def test_aggregate_hand_case() -> None:
     assert result["per_answer_type"] == pytest.approx(
         {"number": 60.0, "other": 30.0, "yes/no": 50.0})
     assert list(result["per_answer_type"]) == ["number", "other", "yes/no"]
+    assert "per_question_type" not in result and "question_type_counts" not in result
     with pytest.raises(ValueError):
         aggregate({}, {})
+
+
+def test_aggregate_per_question_type() -> None:
+    # Question types cut across answer types: "is the" holds a yes/no and an other question.
+    accuracy = {1: 1.0, 2: 0.3, 3: 0.0, 4: 0.6, 5: 0.9}
+    answer_types = {1: "yes/no", 2: "other", 3: "yes/no", 4: "number", 5: "number"}
+    question_types = {1: "is the", 2: "is the", 3: "are there", 4: "how many", 5: "how many"}
+    result = aggregate(accuracy, answer_types, question_types)
+    assert result["per_question_type"] == pytest.approx(
+        {"are there": 0.0, "how many": 75.0, "is the": 65.0})
+    assert list(result["per_question_type"]) == ["are there", "how many", "is the"]
+    assert result["question_type_counts"] == {"are there": 1, "how many": 2, "is the": 2}
+    assert result["per_answer_type"] == pytest.approx(
+        {"number": 75.0, "other": 30.0, "yes/no": 50.0})
+    assert result["overall"] == pytest.approx(56.0)
+
+
+def test_aggregate_some_questions_untyped() -> None:
+    """Untyped questions (VG) count overall and per answer type, in no question type."""
+    accuracy = {1: 1.0, 2: 0.3, 3: 0.0}
+    answer_types = {1: "other", 2: "other", 3: "other"}
+    result = aggregate(accuracy, answer_types, {1: "what is", 2: None})  # 3: absent
+    assert result["overall"] == pytest.approx(130 / 3)
+    assert result["per_answer_type"] == pytest.approx({"other": 130 / 3})
+    assert result["per_question_type"] == pytest.approx({"what is": 100.0})
+    assert result["question_type_counts"] == {"what is": 1}
+    for none_typed in ({}, {1: None, 2: None, 3: None}, None):
+        assert "per_question_type" not in aggregate(accuracy, answer_types, none_typed)
 
 
 # --------------------------------------------------------------------------- properties

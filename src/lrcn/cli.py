@@ -27,7 +27,8 @@ log = logging.getLogger("lrcn")
 # --------------------------------------------------------------------------- arguments
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="dataset name: easyvqa or easy-vizwiz (bundled), vqa2, vizwiz")
+    from lrcn.data.registry import dataset_names
+    p.add_argument("--dataset", help=f"dataset name: {', '.join(dataset_names())}")
     p.add_argument("--data-root", help="dataset folder in its official layout")
     p.add_argument("--features", nargs="+", metavar="STORE",
                    help="feature stores to read image grids from (lrcn features import/extract)")
@@ -147,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config(args: argparse.Namespace) -> RunConfig:
     """Preset or file (with ``--resume``, the run's config.yaml), then the explicit flags, then
-    ``--set`` overrides."""
+    ``--set`` overrides; the schedule then follows the epochs (`follow_epochs`)."""
+    from lrcn.config import default_preset
     from lrcn.data import default_splits
+    from lrcn.engine.schedule import follow_epochs
 
     resume = getattr(args, "resume", None)
     if resume:  # the run's own config, which the flags may change where resuming allows
@@ -157,10 +160,11 @@ def train_config(args: argparse.Namespace) -> RunConfig:
                             "give neither --config nor --out with it")
         if not (Path(resume) / "config.yaml").is_file():
             raise LrcnError(f"no run to resume in {resume}: it has no config.yaml")
-        cfg = load_config(str(Path(resume) / "config.yaml"))
+        source = str(Path(resume) / "config.yaml")
     else:
-        # A dataset with a preset of its name (easy-vizwiz) starts from that preset.
-        cfg = load_config(args.config or (args.dataset if args.dataset in preset_names() else None))
+        source = args.config or default_preset(args.dataset, bool(args.features))
+    cfg = load_config(source)
+    stated = dataclasses.replace(cfg.train)  # the schedule as the preset or file states it
     if args.dataset and args.dataset != cfg.data.dataset:
         # Another dataset than the preset's: start from that dataset's usual splits.
         cfg.data.train_split, cfg.data.val_split = default_splits(args.dataset)
@@ -183,12 +187,18 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     for section, values in flags.items():
         apply_overrides(getattr(cfg, section), {k: v for k, v in values.items() if v is not None},
                         f"--{section} flags")
+    explicit: set[str] = set()  # the SECTION.KEYs --set gave
     for item in args.set:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or not hasattr(cfg, section):
             raise LrcnError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION in data, model, train")
         apply_overrides(getattr(cfg, section), {name: yaml.safe_load(raw)}, f"--set {item}")
+        explicit.add(key)
+    if (args.epochs is not None or "train.epochs" in explicit) and "train.samples" not in explicit:
+        cfg.train.samples = None  # epochs given for this run: not derived from the data's size
+    follow_epochs(cfg.train, stated, f"preset {source}" if source in preset_names() else source,
+                  explicit, resumed=bool(resume))
     return cfg
 
 
@@ -198,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.engine.trainer import check_train_config, train
 
     cfg = train_config(args)
-    check_train_config(cfg)  # in every process, before any joins the group
+    check_train_config(cfg, bool(args.resume))  # in every process, before any joins the group
     with distributed.process_group(cfg.train.device):
         name = cfg.model.variant if cfg.model.arch == "lrcn" else cfg.model.arch
         out = Path(args.resume or args.out or Path("runs") / (
@@ -376,6 +386,20 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         print(f"answer accuracy: {summary['overall']:.2f}%")
         for answer_type, acc in summary.get("per_answer_type", {}).items():
             print(f"  {answer_type:<14}{acc:.2f}%")
+        # Question types (VQA-v2 has 65): all when few, else the 3 worst and the 3 best.
+        per_qtype = summary.get("per_question_type", {})
+        ranked = sorted(per_qtype, key=lambda t: (per_qtype[t], t))
+        groups = [("question types, worst first", ranked)] if len(ranked) <= 6 else [
+            (f"worst 3 of {len(ranked)} question types", ranked[:3]),
+            (f"best 3 of {len(ranked)} question types",
+             sorted(per_qtype, key=lambda t: (-per_qtype[t], t))[:3])]
+        for title, shown in groups if per_qtype else []:
+            print(f"{title}:")
+            width = max(len(t) for t in shown) + 4
+            for t in shown:
+                label, count = f'"{t}"', summary["question_type_counts"][t]
+                print(f"  {label:<{width}}{per_qtype[t]:6.2f}%  "
+                      f"({count} question{'' if count == 1 else 's'})")
     if "answerability" in summary:
         print("Unanswerability AP: {average_precision:.2f}%  F1: {f1:.2f}%".format(
             **summary["answerability"]))

@@ -2,11 +2,14 @@
 
 A run's whole resolved config is saved next to it (``config.yaml``) and inside every
 checkpoint, so the exact model and data pipeline can be rebuilt from the file alone.
+``config.yaml`` also lists the learning rate of every epoch (``lr_per_epoch``), derived from
+the train section: reading the file back checks that it still agrees.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from lrcn.engine.schedule import lr_per_epoch
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
 
@@ -62,11 +66,17 @@ class ModelConfig:
     encoder_weights: str | None = None  # state-dict file for a torchvision trunk
     freeze_encoder: bool = True       # torchvision trunks only; the small CNN always trains
     feature_channels: int = 2048      # C of precomputed grids when image_encoder is features
+    position: str = "none"            # none | coords | sincos | both: where each grid cell is (models/position.py)
+    answerable_hidden: int = 0        # answerability head: 0 a linear read-out of z; N > 0 an MLP with N hidden units
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 13
+    # Train on about this many questions in all, whatever the dataset's size: epochs become
+    # round(samples / training questions) (at least 1), with the schedule stated for `epochs`
+    # rescaled to them (engine/schedule.py). None: train `epochs` epochs. --epochs clears it.
+    samples: int | None = None
     batch_size: int = 64              # questions per optimizer step, all processes and micro-batches
     lr: float = 1e-4                  # base learning rate
     warmup_epochs: int = 3            # lr = base * min(1, (epoch + 1) / (warmup_epochs + 1))
@@ -107,11 +117,29 @@ class RunConfig:
 
 
 DEFAULT_PRESET = "easyvqa"
+# Users' own datasets (vqa2, vizwiz, ... layouts) trained from pixels: the configuration chosen
+# for small datasets of several objects per image (README, "Your own data").
+OWN_DATA_PRESET = "own-data"
+LR_PER_EPOCH = "lr_per_epoch"  # config.yaml's derived top-level key
 
 
 def preset_names() -> list[str]:
     files = resources.files("lrcn") / "presets"
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def default_preset(dataset: str | None, features: bool) -> str:
+    """The preset a run starts from when no ``--config`` is given.
+
+    A dataset with a preset of its own name (easy-vizwiz) starts from it; a dataset read from
+    the user's folder and trained from pixels (no feature stores) from ``OWN_DATA_PRESET``;
+    anything else (easy-VQA, runs on feature stores) from ``DEFAULT_PRESET``.
+    """
+    if dataset in preset_names():
+        return dataset
+    if dataset not in (None, "easyvqa") and not features:
+        return OWN_DATA_PRESET
+    return DEFAULT_PRESET
 
 
 def load_config(preset_or_file: str | None = None) -> RunConfig:
@@ -135,17 +163,45 @@ def load_config(preset_or_file: str | None = None) -> RunConfig:
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
-    """Rebuild a RunConfig from nested dicts, rejecting unknown sections and keys."""
+    """Rebuild a RunConfig from nested dicts, rejecting unknown sections and keys.
+
+    A derived ``lr_per_epoch`` (config.yaml's) must agree with the train section it came from.
+    """
     if not isinstance(values, dict):
         raise LrcnError(f"{source}: expected a mapping with sections data/model/train")
     cfg = RunConfig()
     for section, entries in values.items():
+        if section == LR_PER_EPOCH:
+            continue  # checked once the train section is known
         if not hasattr(cfg, section):
             raise LrcnError(f"{source}: unknown section {section!r} (expected data, model, train)")
         if not isinstance(entries, dict):
             raise LrcnError(f"{source}: section {section!r} must be a mapping")
         apply_overrides(getattr(cfg, section), entries, f"{source}: {section}")
+    if LR_PER_EPOCH in values:
+        _check_lr_per_epoch(cfg.train, values[LR_PER_EPOCH], source)
     return cfg
+
+
+def _saved_lr_per_epoch(t: TrainConfig) -> list[float]:
+    """`lr_per_epoch` as config.yaml lists it: 6 significant digits, for reading."""
+    return [float(f"{lr:.6g}") for lr in lr_per_epoch(t)]
+
+
+def _check_lr_per_epoch(t: TrainConfig, saved: Any, source: str) -> None:
+    """Refuse a saved lr_per_epoch that disagrees with the schedule of `t` (edited by hand:
+    it would not be the schedule the run trains with)."""
+    derived = lr_per_epoch(t)
+    try:
+        lrs = [float(lr) for lr in saved]
+    except (TypeError, ValueError):
+        lrs = None
+    if lrs is None or len(lrs) != len(derived) or not all(
+            math.isclose(a, b, rel_tol=1e-5) for a, b in zip(lrs, derived)):
+        raise LrcnError(
+            f"{source}: lr_per_epoch {saved!r} disagrees with the train section, whose schedule "
+            f"is {_saved_lr_per_epoch(t)}; lr_per_epoch is derived from train.epochs, lr, "
+            "warmup_epochs, decay_epochs and decay_rate: edit those (or delete lr_per_epoch)")
 
 
 def _field_kinds(cls: type) -> dict[str, tuple[type, ...]]:
@@ -214,6 +270,11 @@ def changed_fields(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    """Write the config as YAML, atomically (a reader never sees half of it)."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    """Write the config as YAML, atomically (a reader never sees half of it), with the
+    learning rate of every epoch after it (derived; `config_from_dict` checks it)."""
+    text = (yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+            + "# Derived from train (epochs, lr, warmup_epochs, decay_epochs, decay_rate): the "
+              "learning rate of epochs 1, 2, ...\n"
+            + yaml.safe_dump({LR_PER_EPOCH: _saved_lr_per_epoch(cfg.train)},
+                             default_flow_style=None))
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

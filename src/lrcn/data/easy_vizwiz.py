@@ -24,17 +24,13 @@ generator version, seed and sizes, and each record's provenance (kind, easy-VQA 
 image, its shape and colour). Train questions come from easy-VQA train; val and test from
 disjoint halves of the easy-VQA test images. A build is byte-identical for the same seed,
 sizes and library versions (numpy's random streams, Pillow's blur and JPEG encoder).
+Building, reuse and replacement of the folder follow ``lrcn.data.generated``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
-import secrets
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -46,13 +42,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from lrcn.data.easyvqa import package_split
+from lrcn.data.generated import GeneratedDataset
 from lrcn.data.vizwiz import VIZWIZ_SPLITS, vizwiz_image_name
 from lrcn.errors import LrcnError
 
-log = logging.getLogger(__name__)
-
 __all__ = [
-    "DEFAULT_SIZES", "KINDS", "META_FILE", "MIX", "VERSION", "build_easy_vizwiz",
+    "DEFAULT_SIZES", "EASY_VIZWIZ", "KINDS", "META_FILE", "MIX", "VERSION", "build_easy_vizwiz",
     "default_easy_vizwiz_root", "ensure_easy_vizwiz",
 ]
 
@@ -62,8 +57,7 @@ DEFAULT_SIZES = {"train": 6000, "val": 1500, "test": 1500}  # questions (= image
 MIX = {"answerable": 0.6, "unusable": 0.2, "absent": 0.2}  # share of each split's records
 UNUSABLE_KINDS = ("blurred", "dark", "cropped")  # equal thirds of the unusable records
 KINDS = ("answerable", *UNUSABLE_KINDS, "absent")
-META_FILE = "easy_vizwiz.json"
-DATA_HOME_ENV = "LRCN_DATA_HOME"
+META_FILE = "easy_vizwiz.json"  # marks a complete build: renaming it invalidates users' caches
 
 # easy-VQA split each split draws from; val and test take disjoint halves of its images.
 SOURCE_SPLIT = {"train": "train", "val": "test", "test": "test"}
@@ -431,53 +425,29 @@ def _make_split(split: str, n: int, pool: list[int], seed: int,
 # --- building -------------------------------------------------------------------------
 
 
-def _check_sizes(sizes: dict[str, int] | None) -> dict[str, int]:
-    if sizes is None:
-        return dict(DEFAULT_SIZES)
-    if not isinstance(sizes, dict) or set(sizes) != set(VIZWIZ_SPLITS):
-        raise LrcnError(f"easy-VizWiz sizes must give a number of questions for each of "
-                        f"{', '.join(VIZWIZ_SPLITS)}, got {sizes!r}")
-    for split, n in sizes.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise LrcnError(f"easy-VizWiz sizes[{split!r}] must be an integer >= 0, got {n!r}")
-    return {split: sizes[split] for split in VIZWIZ_SPLITS}
-
-
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
-def _generate(out: Path, seed: int, sizes: dict[str, int]) -> None:
-    """Write the whole dataset into the empty folder ``out``, the meta file last."""
+def _generate(out: Path, seed: int, sizes: dict[str, int]) -> dict[str, Any]:
+    """Write the dataset into the empty folder ``out``; return the meta file's own fields."""
     pools = _image_pools(seed)
     (out / "Annotations").mkdir()
     provenance = {}
     for split in VIZWIZ_SPLITS:
         records, provenance[split] = _make_split(split, sizes[split], pools[split], seed, out)
         _write_json(out / "Annotations" / f"{split}.json", records)
-    _write_json(out / META_FILE, {
-        "name": "easy-vizwiz", "version": VERSION, "seed": seed, "sizes": sizes, "mix": MIX,
-        "source": f"easy-vqa {version('easy-vqa')}", "records": provenance,
-    })
+    return {"mix": MIX, "source": f"easy-vqa {version('easy-vqa')}", "records": provenance}
 
 
-def _build_beside(root: Path, seed: int, sizes: dict[str, int]) -> Path:
-    """Generate into a fresh ``.<name>.tmp-*`` folder beside ``root``; remove it on failure."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        start = time.perf_counter()
-        _generate(tmp, seed, sizes)
-        log.info("easy-VizWiz: generated %s questions in %.1f s", sizes,
-                 time.perf_counter() - start)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
+EASY_VIZWIZ = GeneratedDataset(
+    name="easy-vizwiz", title="easy-VizWiz", version=VERSION, generate=_generate,
+    splits=VIZWIZ_SPLITS, default_sizes=DEFAULT_SIZES, own_names=("Annotations", *VIZWIZ_SPLITS),
+    default_seed=DEFAULT_SEED, unit="questions", meta_file=META_FILE,
+)
 
 
-def build_easy_vizwiz(root: Path, seed: int = DEFAULT_SEED,
+def build_easy_vizwiz(root: str | Path, seed: int = DEFAULT_SEED,
                       sizes: dict[str, int] | None = None) -> Path:
     """Generate easy-VizWiz into the new folder ``root`` and return it.
 
@@ -490,35 +460,12 @@ def build_easy_vizwiz(root: Path, seed: int = DEFAULT_SEED,
         sizes: questions per split, ``{"train": ..., "val": ..., "test": ...}``;
             None for ``DEFAULT_SIZES``.
     """
-    root = Path(root)
-    sizes = _check_sizes(sizes)
-    if root.exists():
-        raise LrcnError(f"{root} already exists; build easy-VizWiz into a new folder "
-                        "(ensure_easy_vizwiz reuses a complete build)")
-    tmp = _build_beside(root, seed, sizes)
-    try:
-        tmp.rename(root)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LrcnError(f"cannot create {root}: {exc.strerror} "
-                        "(was it created meanwhile?)") from None
-    return root
+    return EASY_VIZWIZ.build(root, seed, sizes)
 
 
 def default_easy_vizwiz_root() -> Path:
     """``$LRCN_DATA_HOME/easy-vizwiz-v<VERSION>``, or under ``~/.cache/lrcn`` if unset."""
-    home = os.environ.get(DATA_HOME_ENV)
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "lrcn"
-    return base / f"easy-vizwiz-v{VERSION}"
-
-
-def _is_complete(root: Path) -> bool:
-    """Whether ``root`` holds a complete build of this generator version."""
-    try:
-        meta = json.loads((root / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("version") == VERSION
+    return EASY_VIZWIZ.default_root()
 
 
 def ensure_easy_vizwiz(root: str | Path | None = None) -> Path:
@@ -532,40 +479,4 @@ def ensure_easy_vizwiz(root: str | Path | None = None) -> Path:
     Args:
         root: the dataset folder; None for ``default_easy_vizwiz_root()``.
     """
-    root = default_easy_vizwiz_root() if root is None else Path(root)
-    if _is_complete(root):
-        return root
-    if root.exists():
-        _check_replaceable(root)
-        log.warning("easy-VizWiz: %s holds no complete build of version %d; rebuilding it",
-                    root, VERSION)
-    log.info("easy-VizWiz: building %s questions into %s (once)", DEFAULT_SIZES, root)
-    tmp = _build_beside(root, DEFAULT_SEED, _check_sizes(DEFAULT_SIZES))
-    if _is_complete(root):  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return root
-    old = None
-    if root.exists():
-        old = root.parent / f".{root.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        root.rename(old)
-    try:
-        tmp.rename(root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _is_complete(root):
-            raise LrcnError(f"cannot move the easy-VizWiz build into {root}") from None
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return root
-
-
-def _check_replaceable(root: Path) -> None:
-    """Refuse to replace a folder that holds anything but easy-VizWiz's own files."""
-    if not root.is_dir():
-        raise LrcnError(f"easy-VizWiz root {root} exists and is not a folder")
-    ours = {"Annotations", *VIZWIZ_SPLITS, META_FILE}
-    others = sorted(p.name for p in root.iterdir() if p.name not in ours)
-    if others:
-        raise LrcnError(f"{root} holds no complete easy-VizWiz build and also other files "
-                        f"({', '.join(others[:5])}); remove it or pick a new folder")
+    return EASY_VIZWIZ.ensure(root)

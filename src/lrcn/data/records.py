@@ -19,6 +19,8 @@ class VQARecord:
         answer_type: ``yes/no``, ``number``, ``other`` (VizWiz adds ``unanswerable``).
         answerable: whether the question can be answered from the image, when known.
         multiple_choice_answer: the dataset's single "most common" answer when given.
+        question_type: the annotation's question type (VQA-v2: the question's first words,
+            e.g. ``what color is the``, ``how many``), when known.
     """
 
     question_id: int | str
@@ -28,6 +30,7 @@ class VQARecord:
     answer_type: str | None = None
     answerable: bool | None = None
     multiple_choice_answer: str | None = None
+    question_type: str | None = None
 
 
 @dataclass

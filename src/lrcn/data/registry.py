@@ -13,6 +13,7 @@ from pathlib import Path
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.easy_vizwiz import ensure_easy_vizwiz
 from lrcn.data.records import VQASplit
+from lrcn.data.relational_shapes import RELATIONAL_SHAPES, SPLITS as RELATIONAL_SPLITS
 from lrcn.data.vizwiz import VIZWIZ_SPLITS, read_vizwiz
 from lrcn.data.vqa2 import read_vqa2
 from lrcn.errors import LrcnError
@@ -136,3 +137,11 @@ def _load_easy_vizwiz(root: str | None, split: str) -> VQASplit:
         raise LrcnError(f"easy-vizwiz has no split {split!r}; known splits: "
                         f"{', '.join(VIZWIZ_SPLITS)}")
     return read_vizwiz(ensure_easy_vizwiz(None if root is None else Path(root)), split)
+
+
+@register_dataset("relational-shapes", train_split="train2014", val_split="val2014")
+def _load_relational_shapes(root: str | None, split: str) -> VQASplit:
+    if split not in RELATIONAL_SPLITS:  # before a first build, not after it
+        raise LrcnError(f"relational-shapes has no split {split!r}; known splits: "
+                        f"{', '.join(RELATIONAL_SPLITS)}")
+    return read_vqa2(RELATIONAL_SHAPES.ensure(root), split)

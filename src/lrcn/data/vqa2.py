@@ -34,12 +34,14 @@ NUM_ANSWERS = 10
 # Keys this reader uses (and so requires); other published keys are ignored.
 QUESTION_KEYS = {"question_id": int, "image_id": int, "question": str}
 ANNOTATION_KEYS = {
-    "question_id": int, "image_id": int, "answer_type": str,
+    "question_id": int, "image_id": int, "answer_type": str, "question_type": str,
     "multiple_choice_answer": str, "answers": list,
 }
-# The VG files are converted from Visual Genome's one answer per question: answer_type may be
-# absent and there may be fewer than ten answers (usually the one answer, repeated).
-VG_ANNOTATION_KEYS = {k: v for k, v in ANNOTATION_KEYS.items() if k != "answer_type"}
+# The VG files are converted from Visual Genome's one answer per question: answer_type and
+# question_type may be absent (or null) and there may be fewer than ten answers (usually the
+# one answer, repeated).
+VG_OPTIONAL_KEYS = ("answer_type", "question_type")
+VG_ANNOTATION_KEYS = {k: v for k, v in ANNOTATION_KEYS.items() if k not in VG_OPTIONAL_KEYS}
 
 
 def questions_filename(split: str) -> str:
@@ -95,6 +97,7 @@ def read_vqa2(root: str | Path, split: str) -> VQASplit:
                 answers=tuple(x["answer"] for x in a["answers"]) if a else None,
                 answer_type=a.get("answer_type") if a else None,
                 multiple_choice_answer=a["multiple_choice_answer"] if a else None,
+                question_type=a.get("question_type") if a else None,
             )
         )
     return VQASplit(name=split, records=records, image_root=root)
@@ -171,8 +174,9 @@ def read_annotations_file(
     Each annotation needs the keys of ``ANNOTATION_KEYS`` with their types, a unique
     ``question_id``, ten ``answers`` objects with a string ``answer`` and an
     ``answer_type`` of yes/no, number or other. Raises LrcnError naming the file and
-    record otherwise. With ``vg`` (``VG_annotations.json``), ``answer_type`` is optional
-    and one to ten answers are accepted.
+    record otherwise. With ``vg`` (``VG_annotations.json``), ``answer_type`` and
+    ``question_type`` are optional (checked where present) and one to ten answers are
+    accepted.
     """
     path = Path(path)
     out: dict[int, dict[str, Any]] = {}
@@ -184,6 +188,8 @@ def read_annotations_file(
             raise LrcnError(f"{path}: {where}: has {len(answers)} answers, expected {expected}")
         for j, ans in enumerate(answers):
             check_record(path, ans, f"{where}: answers[{j}]", {"answer": str})
+        if vg and a.get("question_type") is not None:
+            check_record(path, a, where, {"question_type": str})
         answer_type = a.get("answer_type")
         if (answer_type is not None or not vg) and (
             not isinstance(answer_type, str) or answer_type not in ANSWER_TYPES

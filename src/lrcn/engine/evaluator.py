@@ -61,19 +61,22 @@ class VQAEvaluator:
         return answers, answerable
 
     def evaluate(self) -> dict[str, Any]:
-        """Overall and per-answer-type accuracy (percent) over the processed records, and
-        ``answerability: {"average_precision", "f1"}`` when it can be scored."""
+        """Accuracy (percent) over the processed records, aggregated by
+        :func:`~lrcn.evaluation.vqa_accuracy.aggregate`: overall, per answer type and, when
+        records carry question types, ``per_question_type`` and ``question_type_counts``;
+        and ``answerability: {"average_precision", "f1"}`` when it can be scored."""
         from lrcn.evaluation.vizwiz import answerability_metrics, vizwiz_accuracy
 
         accuracy = question_accuracy if self.metric == "vqa" else vizwiz_accuracy
-        per_question, types = {}, {}
+        per_question, types, question_types = {}, {}, {}
         for row, answer in self.predictions.items():
             record = self.records[row]
             if record.answers is None:
                 raise LrcnError("cannot score a split without answers; write a results file instead")
             per_question[row] = accuracy(answer, record.answers)
             types[row] = record.answer_type or "other"
-        report = aggregate(per_question, types) if per_question else {}
+            question_types[row] = record.question_type
+        report = aggregate(per_question, types, question_types) if per_question else {}
         report["num_questions"] = len(per_question)
         rows = sorted(self.answerable)
         if rows and all(self.records[r].answerable is not None for r in rows):

@@ -39,7 +39,7 @@ from lrcn.engine.curves import plot_curves
 from lrcn.engine.memory import keep_freed_memory
 from lrcn.engine.losses import ANSWER_LOSSES, task_loss
 from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
-from lrcn.engine.schedule import lr_factor
+from lrcn.engine.schedule import describe_schedule, epochs_for_samples, lr_per_epoch
 from lrcn.errors import LrcnError
 from lrcn.features.grids import open_stores
 from lrcn.models import VQAModel, create_model
@@ -148,19 +148,33 @@ def drop_unreadable_images(split: VQASplit, skipped: list[dict[str, Any]]) -> VQ
     return dataclasses.replace(split, records=kept)
 
 
-def check_train_config(cfg: RunConfig) -> None:
+def check_train_config(cfg: RunConfig, resume: bool = False) -> None:
     """Refuse training settings that cannot run, before any process group or file exists.
 
     Every process checks the same config, so under torchrun all of them stop with the same
-    message instead of waiting for each other.
+    message instead of waiting for each other. The schedule must fit the epochs of a run that
+    starts; a `resume`d run keeps its saved schedule as it is (it may not change it).
     """
     t = cfg.train
     for name in ("epochs", "batch_size", "eval_batch_size", "accumulate"):
         if getattr(t, name) < 1:
             raise LrcnError(f"train.{name} must be at least 1, got {getattr(t, name)}")
-    for name in ("num_workers", "checkpoint_every", "max_bad_steps"):
+    if t.samples is not None and t.samples < 1:
+        raise LrcnError(f"train.samples must be at least 1 (or null), got {t.samples}")
+    for name in ("num_workers", "checkpoint_every", "max_bad_steps", "warmup_epochs"):
         if getattr(t, name) < 0:
             raise LrcnError(f"train.{name} must be 0 or more, got {getattr(t, name)}")
+    if not resume:  # a resumed run keeps its saved schedule, which it may not change
+        if t.warmup_epochs >= t.epochs:
+            raise LrcnError(f"train.warmup_epochs {t.warmup_epochs} must be less than "
+                            f"train.epochs {t.epochs}: the run would end before its learning "
+                            "rate reaches train.lr")
+        late = [e for e in t.decay_epochs if e >= t.epochs]
+        if late:
+            raise LrcnError(f"train.decay_epochs {t.decay_epochs}: decay epoch(s) {late} never "
+                            f"take effect in a run of {t.epochs} epochs (decay epoch e lowers the "
+                            "lr from the (e+1)-th epoch on); set them below train.epochs or "
+                            "remove them")
     if t.answer_loss not in ANSWER_LOSSES:
         raise LrcnError(f"train.answer_loss must be one of {', '.join(ANSWER_LOSSES)}, "
                         f"got {t.answer_loss!r}")
@@ -498,7 +512,7 @@ def evaluate_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVoc
 
 # Fields a resumed run may change: they change neither what is computed nor the data (whose
 # location may move: data_root, features, glove, as long as they stay set or unset).
-RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.num_workers", "train.pin_memory",
+RESUMABLE_CHANGES = ("train.epochs", "train.samples", "train.device", "train.num_workers", "train.pin_memory",
                      "train.eval_batch_size", "train.compile", "train.accumulate",
                      "train.checkpoint_every", "train.max_bad_steps", "data.cache_images",
                      "data.image_cache_gb")
@@ -542,7 +556,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     Under torchrun every process runs this with the same `out_dir`; they train one model
     together (DDP, each on its share of every batch) and only rank 0 writes files.
     """
-    check_train_config(cfg)
+    check_train_config(cfg, resume)
     saved, progress = None, Progress()
     if resume:
         saved, progress = resume_checkpoint(cfg, out_dir)
@@ -556,6 +570,10 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     if device.type == "cpu":
         keep_freed_memory()  # large CPU activations reuse freed memory instead of page faults
     data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR)
+    if not resume:  # a resumed run has its epochs already
+        epochs_for_samples(t, len(data.train.records))
+    lrs = lr_per_epoch(t)  # also in config.yaml (save_config)
+    log.info("lr schedule: %s", describe_schedule(lrs))
     num_answers = len(data.answer_vocab)
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
@@ -630,7 +648,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
         try:
             while progress.epoch < t.epochs:
                 epoch = progress.epoch
-                lr = t.lr * lr_factor(epoch, t.warmup_epochs, t.decay_epochs, t.decay_rate)
+                lr = lrs[epoch]
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 train_loss = train_one_epoch(step, loader, optimizer, t, progress, stop, save)

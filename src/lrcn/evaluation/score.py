@@ -39,19 +39,28 @@ _RESULT_KEYS = {"question_id": int, "answer": str}  # other keys of a result are
 
 @dataclass(frozen=True)
 class ScoreReport:
-    """VQA accuracy in percent: overall, per answer type and (unrounded) per question."""
+    """VQA accuracy in percent: overall, per answer type, per question type (empty when no
+    question has a type) and (unrounded) per question; and how many questions each question
+    type has."""
 
     overall: float
     per_answer_type: dict[str, float]
     per_question: dict[int, float] = field(repr=False)
+    per_question_type: dict[str, float] = field(default_factory=dict)
+    question_type_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary as a JSON-ready dict (per-question values left out)."""
-        return {
+        """The summary as a JSON-ready dict (per-question values left out; the question-type
+        keys only when there are question types)."""
+        summary: dict[str, Any] = {
             "overall": self.overall,
             "per_answer_type": dict(self.per_answer_type),
             "num_questions": len(self.per_question),
         }
+        if self.per_question_type:
+            summary["per_question_type"] = dict(self.per_question_type)
+            summary["question_type_counts"] = dict(self.question_type_counts)
+        return summary
 
 
 # --------------------------------------------------------------------------- reading
@@ -78,11 +87,12 @@ def _answer_records_distinct(answers: Sequence[Mapping[str, Any]]) -> bool:
 
 def read_vqa_annotations(
     path: str | os.PathLike[str],
-) -> tuple[dict[int, list[str]], dict[int, str]]:
+) -> tuple[dict[int, list[str]], dict[int, str], dict[int, str]]:
     """Read an official VQA annotation file.
 
-    Returns (question id -> the ten human answers, question id -> answer type). The file
-    is checked as :func:`lrcn.data.vqa2.read_annotations_file` checks it; in addition no
+    Returns (question id -> the ten human answers, question id -> answer type, question id
+    -> question type). The file is checked as
+    :func:`lrcn.data.vqa2.read_annotations_file` checks it; in addition no
     two answer records of a question may be identical, because the official evaluator
     leaves an answer out by record equality (published files give every answer a
     distinct ``answer_id``).
@@ -93,6 +103,7 @@ def read_vqa_annotations(
         raise LrcnError(f"{p}: 'annotations' is empty: there is nothing to score against")
     answers_by_qid: dict[int, list[str]] = {}
     answer_types: dict[int, str] = {}
+    question_types: dict[int, str] = {}
     for i, (qid, rec) in enumerate(annotations.items()):
         if not _answer_records_distinct(rec["answers"]):
             raise LrcnError(
@@ -102,7 +113,8 @@ def read_vqa_annotations(
             )
         answers_by_qid[qid] = [ans["answer"] for ans in rec["answers"]]
         answer_types[qid] = rec["answer_type"]
-    return answers_by_qid, answer_types
+        question_types[qid] = rec["question_type"]
+    return answers_by_qid, answer_types, question_types
 
 
 def read_question_ids(path: str | os.PathLike[str]) -> list[int]:
@@ -142,12 +154,14 @@ def score_vqa(
     answers_by_qid: Mapping[int, Sequence[str]],
     answer_types: Mapping[int, str],
     predictions: Mapping[int, str],
+    question_types: Mapping[int, str | None] | None = None,
 ) -> ScoreReport:
     """Score predictions against the human answers with the official VQA accuracy.
 
     Like the official ``loadRes``, the predictions must cover exactly the annotated
     questions (LrcnError otherwise). Aggregates are means of the unrounded per-question
-    accuracies, in percent.
+    accuracies, in percent (see :func:`~lrcn.evaluation.vqa_accuracy.aggregate`; per
+    question type when ``question_types`` gives any).
     """
     missing_types = set(answers_by_qid) - set(answer_types)
     if missing_types:
@@ -165,11 +179,13 @@ def score_vqa(
         )
     accuracy = {qid: question_accuracy(predictions[qid], answers)
                 for qid, answers in answers_by_qid.items()}
-    summary = aggregate(accuracy, {qid: answer_types[qid] for qid in accuracy})
+    summary = aggregate(accuracy, answer_types, question_types)
     return ScoreReport(
         overall=summary["overall"],
         per_answer_type=summary["per_answer_type"],
         per_question={qid: 100.0 * acc for qid, acc in accuracy.items()},
+        per_question_type=summary.get("per_question_type", {}),
+        question_type_counts=summary.get("question_type_counts", {}),
     )
 
 
@@ -183,7 +199,7 @@ def score_files(
     When a questions file is given (the official evaluator loads it alongside), its
     question ids must be exactly the annotated ones.
     """
-    answers_by_qid, answer_types = read_vqa_annotations(annotations)
+    answers_by_qid, answer_types, question_types = read_vqa_annotations(annotations)
     if questions is not None:
         problem = _coverage_problem(
             answers_by_qid, read_question_ids(questions),
@@ -197,7 +213,7 @@ def score_files(
             )
     predictions = read_results(results)
     try:
-        return score_vqa(answers_by_qid, answer_types, predictions)
+        return score_vqa(answers_by_qid, answer_types, predictions, question_types)
     except LrcnError as exc:
         raise LrcnError(f"{Path(results)} (scored against {Path(annotations)}): {exc}") from None
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
@@ -171,19 +172,55 @@ def soft_scores(answers: Sequence[str]) -> dict[str, float]:
     return {a: leave_one_out_accuracy(n, human, a) for a, n in counts.items()}
 
 
-def aggregate(per_question: dict, answer_types: dict) -> dict:
-    """Overall and per-answer-type accuracy in percent from per-question values in [0, 1].
+def _group_means(pairs: Iterable[tuple[str, float]]) -> tuple[dict[str, float], dict[str, int]]:
+    """Mean in percent and count of the accuracies of each group, groups sorted by name.
+
+    The mean is ``100 * sum / count`` as the official ``setAccuracy`` computes it (unrounded).
+    """
+    groups: dict[str, list[float]] = {}
+    for group, acc in pairs:
+        groups.setdefault(group, []).append(acc)
+    ordered = sorted(groups.items())
+    return ({g: 100.0 * sum(v) / len(v) for g, v in ordered},
+            {g: len(v) for g, v in ordered})
+
+
+def aggregate(
+    per_question: Mapping[Hashable, float],
+    answer_types: Mapping[Hashable, str],
+    question_types: Mapping[Hashable, str | None] | None = None,
+) -> dict[str, Any]:
+    """Overall, per-answer-type and per-question-type accuracy in percent.
+
+    The one aggregation rule of both ``lrcn score`` and the evaluator. Each figure is the
+    mean of the per-question accuracies of its questions, as the official ``overall``,
+    ``perAnswerType`` and ``perQuestionType``.
 
     Args:
         per_question: question id -> accuracy in [0, 1].
-        answer_types: question id -> answer type (``yes/no``, ``number``, ``other``...).
+        answer_types: question id -> answer type (``yes/no``, ``number``, ``other``...), for
+            every question.
+        question_types: question id -> question type (the annotation's ``question_type``,
+            e.g. ``what color is the``), None or absent where unknown.
+
+    Returns:
+        ``{"overall", "per_answer_type"}`` and, when at least one question has a question
+        type, ``per_question_type`` (type -> percent) and ``question_type_counts`` (type ->
+        number of questions). The official evaluator needs a type on every question; where
+        only some have one (e.g. val2014+vg: VG has none), the questions without a type count
+        in ``overall`` and ``per_answer_type`` but in no question type, so each type's
+        figure is still exactly the official one for its questions.
     """
     if not per_question:
         raise ValueError("no questions to aggregate")
-    by_type: dict[str, list[float]] = {}
-    for qid, acc in per_question.items():
-        by_type.setdefault(answer_types[qid], []).append(acc)
-    return {
+    per_answer_type, _ = _group_means((answer_types[q], acc) for q, acc in per_question.items())
+    summary: dict[str, Any] = {
         "overall": 100.0 * sum(per_question.values()) / len(per_question),
-        "per_answer_type": {t: 100.0 * sum(v) / len(v) for t, v in sorted(by_type.items())},
+        "per_answer_type": per_answer_type,
     }
+    question_types = question_types or {}
+    typed = [(question_types[q], acc) for q, acc in per_question.items()
+             if question_types.get(q) is not None]
+    if typed:
+        summary["per_question_type"], summary["question_type_counts"] = _group_means(typed)
+    return summary

@@ -32,6 +32,7 @@ from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
 from lrcn.models.layers import AttentionPool, word_embedding
 from lrcn.models.lrcn import LRCNOutput
+from lrcn.models.position import GridPosition
 
 
 class QuestionEncoder(nn.Module):
@@ -82,16 +83,20 @@ class QuestionEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Masked mean over grid cells -> Linear(C, D) -> ReLU.
+    """Masked mean over grid cells -> Linear(C, D) -> ReLU; with ``model.position``, each
+    cell's features and position -> Linear -> ReLU, then the masked mean.
 
     The grid comes from the VQAModel's image encoder (SmallCNN, a torchvision trunk) or from
-    precomputed features, as for LRCN; this is only the pooling and projection on top.
+    precomputed features, as for LRCN; this is only the pooling and projection on top. A mean
+    forgets where each cell was, so with a position encoding the ReLU comes before the mean:
+    what a cell holds and where it is then shape the image vector together.
     """
 
-    def __init__(self, grid_channels: int, d_model: int) -> None:
+    def __init__(self, grid_channels: int, d_model: int, position: str = "none") -> None:
         super().__init__()
         self.grid_channels = grid_channels
-        self.proj = nn.Linear(grid_channels, d_model)
+        self.position = GridPosition(position, d_model)
+        self.proj = nn.Linear(grid_channels + self.position.extra_channels, d_model)
 
     def forward(
         self, grid: torch.Tensor, grid_mask: torch.Tensor | None = None
@@ -108,7 +113,6 @@ class ImageEncoder(nn.Module):
                 f"{tuple(grid.shape)}"
             )
         B, N = grid.shape[0], math.prod(grid.shape[1:-1])
-        grid = grid.reshape(B, N, C)  # (B, N, C)
         if grid_mask is None:
             mask = torch.ones(B, N, dtype=torch.bool, device=grid.device)
         else:
@@ -118,11 +122,17 @@ class ImageEncoder(nn.Module):
                     f"grid's ({B}, {', '.join(map(str, grid.shape[1:-1]))})"
                 )
             mask = grid_mask.reshape(B, N).bool()  # (B, N)
-        grid = grid.masked_fill(~mask.unsqueeze(-1), 0.0)  # masked cells -> 0 (even inf or NaN)
         weights = mask.to(grid.dtype)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, N)
-        pooled = torch.bmm(weights.unsqueeze(1), grid).squeeze(1)  # (B, 1, N) @ (B, N, C) -> (B, C)
-        return F.relu(self.proj(pooled)), weights  # (B, D), (B, N)
+        if self.position.kind == "none":
+            grid = grid.reshape(B, N, C).masked_fill(~mask.unsqueeze(-1), 0.0)  # even inf/NaN
+            pooled = torch.bmm(weights.unsqueeze(1), grid).squeeze(1)  # (B, 1, N) @ (B, N, C)
+            return F.relu(self.proj(pooled)), weights  # (B, D), (B, N)
+        H, W = self.position.spatial_size(grid)
+        grid = grid.masked_fill(~mask.reshape(B, H, W, 1), 0.0)
+        cells = self.position.append(grid).reshape(B, N, -1)  # (B, N, C [+ 2])
+        cells = F.relu(self.position.add(self.proj(cells), H, W))  # (B, N, D)
+        return torch.bmm(weights.unsqueeze(1), cells).squeeze(1), weights  # (B, D), (B, N)
 
 
 class LateFusion(nn.Module):
@@ -161,7 +171,7 @@ class LateFusion(nn.Module):
                                             cfg.dropout, word_vectors)
         self.image: ImageEncoder | None = None
         if self.uses_image:
-            self.image = ImageEncoder(grid_channels, D)
+            self.image = ImageEncoder(grid_channels, D, cfg.position)
 
         # fusion: concat [v; q] -> Linear -> ReLU -> Dropout, then the answer classifier
         in_dim = D * (int(self.uses_image) + int(self.uses_question))

@@ -29,6 +29,7 @@ from lrcn.models.layers import (
     MultiHeadAttention,
     word_embedding,
 )
+from lrcn.models.position import GridPosition
 
 VARIANTS = ("ed", "st", "cst")
 LRM_PLACEMENTS = ("none", "sa", "ga", "both")
@@ -180,14 +181,16 @@ class LRCN(nn.Module):
         self.embed = word_embedding(vocab_size, cfg.word_dim, word_vectors)
         self.lstm = nn.LSTM(cfg.word_dim, D, num_layers=1, batch_first=True)
 
-        # image input path: optional 2x2 stride-2 grid reduction, then Linear C -> D
+        # image input path: optional 2x2 stride-2 grid reduction, [cell centres appended],
+        # Linear C (+2) -> D, [sinusoidal position added]
         if cfg.grid_reduction == "conv":
             self.reduce: nn.Module | None = nn.Conv2d(grid_channels, grid_channels, 2, stride=2)
         elif cfg.grid_reduction == "avgpool":
             self.reduce = nn.AvgPool2d(2)
         else:
             self.reduce = None
-        self.image_proj = nn.Linear(grid_channels, D)
+        self.position = GridPosition(cfg.position, D)
+        self.image_proj = nn.Linear(grid_channels + self.position.extra_channels, D)
 
         # co-attention stacking: L question SA blocks, L image SGA layers (+ L question GA for cst)
         L = cfg.layers
@@ -259,10 +262,16 @@ class LRCN(nn.Module):
                 m = F.pad(grid_mask.unsqueeze(1).to(g.dtype), pad)  # (B, 1, H', W')
                 grid_mask = F.max_pool2d(m, 2).squeeze(1) > 0  # (B, H'/2, W'/2)
 
+        if self.position.kind != "none":
+            spatial = self.position.spatial_size(grid)  # (H, W) after any reduction
+            grid = self.position.append(grid)  # (B, H, W, C + 2) with coords
         grid = grid.reshape(B, -1, grid.shape[-1])  # (B, N, C)
         if grid_mask is not None:
             grid_mask = grid_mask.reshape(B, -1)  # (B, N)
-        return self.image_proj(grid), grid_mask
+        x = self.image_proj(grid)  # (B, N, D)
+        if self.position.kind != "none":
+            x = self.position.add(x, *spatial)
+        return x, grid_mask
 
     def co_attend(
         self,

@@ -77,7 +77,7 @@ def lrcn(
     encoder = build_image_encoder(cfg, random_weights=random_weights)
     grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
     net = LRCN(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
-    return VQAModel(encoder, net, cfg.task)
+    return VQAModel(encoder, net, cfg.task, cfg.answerable_hidden)
 
 
 def _baseline(
@@ -95,7 +95,7 @@ def _baseline(
         encoder = build_image_encoder(cfg, random_weights=random_weights)
     grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
     net = net_class(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
-    return VQAModel(encoder, net, cfg.task)
+    return VQAModel(encoder, net, cfg.task, cfg.answerable_hidden)
 
 
 @register_model("cnn_lstm")

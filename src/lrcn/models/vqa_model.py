@@ -38,16 +38,28 @@ class VQAModel(nn.Module):
             ``forward_head`` the answer logits.
         task: ``answer``, ``answerable`` or ``both``; the last two add an answerability head,
             one logit on the fused vector (VizWiz: can the photo answer the question?).
+        answerable_hidden: 0 for a linear answerability head, else its MLP's hidden units.
     """
 
-    def __init__(self, encoder: GridEncoder | None, net: nn.Module, task: str = "answer") -> None:
+    def __init__(self, encoder: GridEncoder | None, net: nn.Module, task: str = "answer",
+                 answerable_hidden: int = 0) -> None:
         super().__init__()
         if task not in TASKS:
             raise LrcnError(f"model.task = {task!r} is not one of {', '.join(TASKS)}")
+        if answerable_hidden < 0:
+            raise LrcnError(f"model.answerable_hidden must be 0 or more, got {answerable_hidden}")
         self.encoder = encoder
         self.net = net
         self.task = task
-        self.answerable_head = nn.Linear(net.fused_dim, 1) if task != "answer" else None
+        self.answerable_head: nn.Module | None = None
+        if task != "answer" and answerable_hidden == 0:
+            self.answerable_head = nn.Linear(net.fused_dim, 1)
+        elif task != "answer":
+            # z sums what the image and the question contribute; a hidden layer can compare
+            # them (does the photo show what the question names?), a linear read-out cannot.
+            self.answerable_head = nn.Sequential(
+                nn.Linear(net.fused_dim, answerable_hidden), nn.ReLU(),
+                nn.Linear(answerable_hidden, 1))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (U, 3, H, W) -> grids (U, h, w, C), e.g. to cache frozen features."""

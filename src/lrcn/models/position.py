@@ -1,0 +1,105 @@
+"""Where each image region is: position information for the image stream.
+
+Attention and pooling are permutation-invariant, so a grid flattened into N tokens has lost
+where each cell was. ``model.position`` gives it back (``POSITIONS``):
+
+* ``none``: the paper's model; position survives only through what the image features
+  themselves carry.
+* ``coords``: each cell's centre, (x, y) in [-1, 1] across the image, appended to its
+  features before the projection to D, as Relation Networks and CoordConv do; a left/right
+  or top/bottom question is then a linear read-out of the attended cell.
+* ``sincos``: a 2-D sinusoidal encoding of the cell centre (D/4 frequencies per axis, sin
+  and cos) added to the projected tokens, as DETR does; the dot product of two cells'
+  encodings falls with their distance, which suits "nearest" and "furthest".
+* ``both``: ``coords`` and ``sincos``.
+
+Centres are computed from the grid's own H x W, so any size works (they are in units of the
+image, not of cells). Masked cells get a position like any other and stay masked as keys.
+A region list (B, N, C) carries no geometry, so it cannot take a position encoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lrcn.errors import LrcnError
+
+POSITIONS = ("none", "coords", "sincos", "both")
+COORD_CHANNELS = 2
+# sincos frequencies, radians per image width, geometrically spaced from pi (the cosine is
+# positive exactly on the left half, and falls steadily with distance across the image) up
+# to pi * cells / 2 along that axis (a period of four cells: higher ones alias on the grid).
+
+
+def cell_centres(height: int, width: int, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(H * W, 2) centres (x, y) of the cells of an H x W grid, in [-1, 1], row-major."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width * 2 - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((x, y), dim=-1).reshape(-1, 2)
+
+
+def sincos_encoding(centres: torch.Tensor, dim: int, height: int, width: int) -> torch.Tensor:
+    """(N, 2) centres (x, y) in [-1, 1] of cells of an H x W grid -> (N, dim) encoding:
+    [sin, cos] of x and of y at dim // 4 frequencies each; ``dim`` must be divisible by 4."""
+    k = dim // 4
+    steps = torch.arange(k, device=centres.device, dtype=centres.dtype) / max(1, k - 1)
+    top = torch.tensor([width, height], device=centres.device, dtype=centres.dtype)
+    top = (top / 2).clamp(min=1.0).unsqueeze(-1)  # (2, 1) highest frequency / pi, per axis
+    freq = math.pi * top ** steps  # (2, k): pi ... pi * cells / 2
+    # positions in image widths from the left/top edge: u = (c + 1) / 2 in [0, 1]
+    angles = ((centres + 1) / 2).unsqueeze(-1) * freq  # (N, 2, k)
+    return torch.cat((angles.sin(), angles.cos()), dim=-1).reshape(centres.shape[0], dim)
+
+
+class GridPosition(nn.Module):
+    """Position information for grid tokens, as ``model.position`` chooses.
+
+    Use ``extra_channels`` to size the projection, ``append`` on the grid before the
+    projection and ``add`` on the projected tokens after it.
+    """
+
+    def __init__(self, kind: str, d_model: int) -> None:
+        super().__init__()
+        if kind not in POSITIONS:
+            raise LrcnError(f"model.position = {kind!r} is not one of {', '.join(POSITIONS)}")
+        if kind in ("sincos", "both") and d_model % 4 != 0:
+            raise LrcnError(f"model.position {kind} needs model.d_model divisible by 4, "
+                            f"got {d_model}")
+        self.kind = kind
+        self.d_model = d_model
+        self.appends = kind in ("coords", "both")
+        self.adds = kind in ("sincos", "both")
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels ``append`` adds to each cell."""
+        return COORD_CHANNELS if self.appends else 0
+
+    @staticmethod
+    def spatial_size(grid: torch.Tensor) -> tuple[int, int]:
+        if grid.dim() != 4:
+            raise LrcnError(
+                "model.position needs a spatial grid (batch, H, W, C) to know where each "
+                f"region is, got shape {tuple(grid.shape)} (a region list); use "
+                "model.position: none for region lists")
+        return grid.shape[1], grid.shape[2]
+
+    def append(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C + extra_channels): cell centres appended."""
+        if not self.appends:
+            return grid
+        (H, W), B = self.spatial_size(grid), grid.shape[0]
+        coords = cell_centres(H, W, grid.device, grid.dtype).reshape(1, H, W, COORD_CHANNELS)
+        return torch.cat((grid, coords.expand(B, H, W, COORD_CHANNELS)), dim=-1)
+
+    def add(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, H * W, D) projected tokens -> the same with the sinusoidal encoding added."""
+        if not self.adds:
+            return tokens
+        centres = cell_centres(height, width, tokens.device, tokens.dtype)
+        return tokens + sincos_encoding(centres, self.d_model, height, width)

@@ -1,0 +1,100 @@
+"""Users' own data: the preset a run starts from, and training length set by train.samples."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+
+from conftest import read_metrics, run_cli, tiny_set_args
+from lrcn.cli import build_parser, train_config
+from lrcn.config import DEFAULT_PRESET, OWN_DATA_PRESET, TrainConfig, default_preset, load_config
+from lrcn.engine.schedule import epochs_for_samples
+from lrcn.engine.trainer import check_train_config
+from lrcn.errors import LrcnError
+
+
+def _config(*argv: object):
+    return train_config(build_parser().parse_args(["train", *map(str, argv)]))
+
+
+@pytest.mark.parametrize(("dataset", "features", "preset"), [
+    (None, False, DEFAULT_PRESET),
+    ("easyvqa", False, DEFAULT_PRESET),
+    ("easy-vizwiz", False, "easy-vizwiz"),      # a preset of its own name
+    ("vqa2", False, OWN_DATA_PRESET),
+    ("vizwiz", False, OWN_DATA_PRESET),
+    ("relational-shapes", False, OWN_DATA_PRESET),
+    ("vqa2", True, DEFAULT_PRESET),             # feature stores: not trained from pixels
+])
+def test_default_preset(dataset, features, preset):
+    assert default_preset(dataset, features) == preset
+
+
+def test_own_data_runs_start_from_the_own_data_preset():
+    cfg = _config("--dataset", "vizwiz", "--data-root", "D", "--task", "both")
+    own = load_config(OWN_DATA_PRESET)
+    assert cfg.model.position == own.model.position != "none"
+    assert cfg.data.image_size == own.data.image_size
+    assert cfg.train.samples == own.train.samples is not None
+    assert (cfg.data.dataset, cfg.data.train_split, cfg.data.val_split) == ("vizwiz", "train", "val")
+    assert cfg.model.task == "both"
+    # the same dataset with --config keeps that preset; easy-VQA keeps the default
+    assert _config("--dataset", "vqa2", "--config", "easyvqa").model.position == "none"
+    assert _config().model.position == load_config(DEFAULT_PRESET).model.position
+
+
+def test_paper_presets_keep_the_papers_model():
+    for name in ("lrcn-ed-sa-6", "lrcn-st-sa-6", "lrcn-cst-sa-6", "lrcn-ed-sa-8"):
+        assert load_config(name).model.position == "none"
+
+
+@pytest.mark.parametrize(("samples", "questions", "epochs", "warmup", "decay"), [
+    (500_000, 50_000, 10, 1, [8]),      # the stated length
+    (500_000, 6_000, 83, 1, [66]),      # a small dataset: more epochs, the decay moved
+    (500_000, 400_000, 1, 0, []),       # a large one: one epoch at least
+    (500_000, 125_000, 4, 1, [3]),      # 3.2 -> 3
+])
+def test_samples_set_the_epochs_and_rescale_the_schedule(samples, questions, epochs, warmup,
+                                                        decay, caplog):
+    t = TrainConfig(epochs=10, samples=samples, warmup_epochs=1, decay_epochs=[8])
+    with caplog.at_level(logging.INFO, logger="lrcn"):
+        epochs_for_samples(t, questions)
+    assert (t.epochs, t.warmup_epochs, t.decay_epochs) == (epochs, warmup, decay)
+    if epochs != 10:
+        assert f"train.samples {samples} over {questions} training questions: {epochs} epochs" \
+            in caplog.text
+
+
+def test_explicit_epochs_clear_samples():
+    assert _config("--dataset", "vqa2", "--data-root", "D", "--epochs", "3").train.samples is None
+    assert _config("--dataset", "vqa2", "--data-root", "D",
+                   "--set", "train.epochs=3").train.samples is None
+    both = _config("--dataset", "vqa2", "--data-root", "D", "--epochs", "3",
+                   "--set", "train.samples=1000")
+    assert (both.train.epochs, both.train.samples) == (3, 1000)
+
+
+def test_bad_samples_are_refused():
+    cfg = load_config(OWN_DATA_PRESET)
+    cfg.train.samples = 0
+    with pytest.raises(LrcnError, match="train.samples must be at least 1"):
+        check_train_config(cfg)
+
+
+def test_a_run_trains_as_many_epochs_as_its_samples_give(vqa2_layout, tmp_path, capsys):
+    """The tiny VQA-v2 layout's training split, samples for three passes over it."""
+    from lrcn.data import load_split
+
+    questions = len(load_split("vqa2", vqa2_layout.root, "train2014").records)
+    run = tmp_path / "run"
+    result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", vqa2_layout.root,
+                     "--train-split", "train2014", "--val-split", "val2014", "--out", run,
+                     "--json", "--set", f"train.samples={3 * questions}",
+                     "--set", "data.image_size=32", *tiny_set_args())
+    assert result.code == 0, result.err
+    assert len(read_metrics(run)) == 3
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["epochs"] == 3 and len(saved["lr_per_epoch"]) == 3
+    assert saved["model"]["position"] == load_config(OWN_DATA_PRESET).model.position

@@ -1,0 +1,118 @@
+"""Position information in the image stream (model.position), for every model family."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lrcn.config import ModelConfig
+from lrcn.errors import LrcnError
+from lrcn.models import create_model
+from lrcn.models.position import POSITIONS, cell_centres, sincos_encoding
+
+VOCAB, ANSWERS, CHANNELS = 20, 7, 12
+# Every model family that reads the image: the three LRCN stackings and two baselines.
+FAMILIES = [("lrcn", "ed"), ("lrcn", "st"), ("lrcn", "cst"), ("cnn_lstm", "ed"),
+            ("image_only", "ed")]
+
+
+def model_for(arch: str, variant: str, position: str, **overrides):
+    sizes = dict(layers=2, d_model=32, heads=2, ffn_dim=64, word_dim=16, pool_hidden=32,
+                 fused_dim=48, dropout=0.0, image_encoder="features", feature_channels=CHANNELS)
+    cfg = ModelConfig(arch=arch, variant=variant, position=position, **{**sizes, **overrides})
+    torch.manual_seed(0)
+    return create_model(cfg, VOCAB, ANSWERS).eval()
+
+
+def inputs(h: int = 4, w: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    tokens = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    return tokens, torch.randn(2, h, w, CHANNELS)
+
+
+def permuted(grid: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The grid with its cells moved to other places (``order`` over the H * W cells)."""
+    B, H, W, C = grid.shape
+    return grid.reshape(B, H * W, C)[:, order].reshape(B, H, W, C)
+
+
+@pytest.mark.parametrize("arch,variant", FAMILIES)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_permuting_cells_changes_the_answer_only_with_position(arch, variant, position):
+    model = model_for(arch, variant, position)
+    tokens, grid = inputs()
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(tokens, grid=grid)
+        after = model(tokens, grid=permuted(grid, order))
+    if position == "none":  # attention and the mean are permutation-invariant
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    else:
+        assert (after - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch,variant", FAMILIES)
+@pytest.mark.parametrize("position", ["coords", "sincos", "both"])
+def test_masked_cells_never_change_the_answer(arch, variant, position):
+    model = model_for(arch, variant, position)
+    tokens, grid = inputs()
+    mask = torch.ones(2, 4, 5, dtype=torch.bool)
+    mask[0, 1:, 3:] = False
+    mask[1, 0, :] = False
+    changed = grid.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), CHANNELS) * 100
+    with torch.no_grad():
+        a = model(tokens, grid=grid, grid_mask=mask)
+        b = model(tokens, grid=changed, grid_mask=mask)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (8, 8), (14, 14)])
+def test_any_grid_size(size):
+    model = model_for("lrcn", "ed", "both")
+    tokens, grid = inputs(*size)
+    with torch.no_grad():
+        assert model(tokens, grid=grid).shape == (2, ANSWERS)
+
+
+def test_position_after_grid_reduction():
+    """With a 2x2 reduction the cells are those of the reduced grid (odd sizes padded)."""
+    model = model_for("lrcn", "ed", "sincos", grid_reduction="avgpool")
+    tokens, grid = inputs(5, 7)
+    x, _ = model.net.encode_grid(grid)
+    assert x.shape == (2, 3 * 4, 32)
+    order = torch.randperm(35, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(tokens, grid=grid) - model(tokens, grid=permuted(grid, order))).abs().max() > 1e-3
+
+
+def test_cell_centres_and_encoding():
+    centres = cell_centres(2, 4)
+    # row-major: x runs along a row, y down the rows; centres in [-1, 1] units of the image
+    torch.testing.assert_close(centres[:4, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    torch.testing.assert_close(centres[::4, 1], torch.tensor([-0.5, 0.5]))
+    enc = sincos_encoding(centres, 16, 2, 4)
+    assert enc.shape == (8, 16)
+    # the lowest frequency's cosine is positive exactly on the left half (and the top half)
+    cos_x = enc.reshape(8, 2, 8)[:, 0, 4]
+    assert (cos_x > 0).tolist() == [x < 0 for x in centres[:, 0].tolist()]
+    # the nearest cell's encoding is more alike than the furthest's
+    d = enc @ enc.T
+    assert d[0, 1] > d[0, 3] and d[0, 4] > d[0, 7]
+    assert math.isclose(float(enc.norm(dim=1).pow(2).mean()), 8.0, rel_tol=1e-5)
+
+
+def test_region_lists_and_bad_settings_are_refused():
+    model = model_for("lrcn", "ed", "coords")
+    tokens, _ = inputs()
+    with pytest.raises(LrcnError, match="spatial grid"):
+        model(tokens, grid=torch.randn(2, 9, CHANNELS))
+    with pytest.raises(LrcnError, match="model.position"):
+        model_for("lrcn", "ed", "rope")
+    with pytest.raises(LrcnError, match="divisible by 4"):
+        model_for("lrcn", "ed", "sincos", d_model=30, heads=2)
+    # without a position encoding a region list is fine
+    with torch.no_grad():
+        assert model_for("lrcn", "ed", "none")(tokens, grid=torch.randn(2, 9, CHANNELS)).shape == (2, ANSWERS)
