@@ -9,8 +9,9 @@ where each cell was. ``model.position`` gives it back (``POSITIONS``):
   features before the projection to D, as Relation Networks and CoordConv do; a left/right
   or top/bottom question is then a linear read-out of the attended cell.
 * ``sincos``: a 2-D sinusoidal encoding of the cell centre (D/4 frequencies per axis, sin
-  and cos) added to the projected tokens, as DETR does; the dot product of two cells'
-  encodings falls with their distance, which suits "nearest" and "furthest".
+  and cos) added to the projected tokens, as DETR does; nearer cells have more alike
+  encodings. Added at unit scale it can hide small features: with the small CNN it kept
+  the model at chance far longer than ``coords`` (README, "Your own data").
 * ``both``: ``coords`` and ``sincos``.
 
 Centres are computed from the grid's own H x W, so any size works (they are in units of the
