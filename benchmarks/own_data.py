@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from lrcn_run import run_lrcn_train
 
 from lrcn.data.relational_shapes import write_vqa2_layout
 from lrcn.data.shapes_scenes import SceneStyle
@@ -40,22 +40,12 @@ VQA2_STYLE = SceneStyle(image_size=100, object_size=12, objects=(4, 6),
 VIZWIZ_STYLE = SceneStyle(image_size=90, object_size=11, objects=(3, 6))
 
 
-def run_train(args: list[str], out: Path) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "lrcn", "train", *args, "--out", str(out), "--json"]
-    print("$ lrcn train " + " ".join(args), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"lrcn train failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), time.perf_counter() - start
-
-
 def vqa2_case(work: Path) -> dict:
     root = work / "vqa2-data"
     root.mkdir()
     write_vqa2_layout(root, seed=101, sizes={"train2014": 4000, "val2014": 500},
                       style=VQA2_STYLE, questions_per_image=8)
-    summary, seconds = run_train(["--dataset", "vqa2", "--data-root", str(root),
+    summary, seconds = run_lrcn_train(["--dataset", "vqa2", "--data-root", str(root),
                                   "--train-split", "train2014", "--val-split", "val2014"],
                                  work / "vqa2-run")
     per_type, counts = summary["per_question_type"], summary["question_type_counts"]
@@ -72,7 +62,7 @@ def vizwiz_case(work: Path) -> dict:
     root = work / "vizwiz-data"
     root.mkdir()
     write_vizwiz_layout(root, seed=102, sizes={"train": 6000, "val": 1000}, style=VIZWIZ_STYLE)
-    summary, seconds = run_train(["--dataset", "vizwiz", "--data-root", str(root),
+    summary, seconds = run_lrcn_train(["--dataset", "vizwiz", "--data-root", str(root),
                                   "--task", "both"], work / "vizwiz-run")
     ap = summary["answerability"]["average_precision"]
     return {"layout": "vizwiz", "wall_seconds": round(seconds, 1),

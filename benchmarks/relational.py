@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
+
+from lrcn_run import run_lrcn_train
 
 from lrcn.data.relational_shapes import RELATIONAL_SHAPES
 from lrcn.data.shapes_scenes import NON_RELATIONAL, RELATIONAL
@@ -58,15 +58,7 @@ def main() -> int:
     args = parser.parse_args()
     RELATIONAL_SHAPES.ensure()  # built once, before the clock starts
     out = args.out or tempfile.mkdtemp(prefix="lrcn-bench-")
-    cmd = [sys.executable, "-m", "lrcn", "train", "--dataset", "relational-shapes",
-           "--out", out, "--json", *args.extra]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(f"lrcn train failed with exit code {proc.returncode}", file=sys.stderr)
-        return proc.returncode
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary, seconds = run_lrcn_train(["--dataset", "relational-shapes", *args.extra], out)
     per_type, counts = summary["per_question_type"], summary["question_type_counts"]
     groups = group_accuracy(per_type, counts)
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
