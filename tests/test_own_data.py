@@ -10,7 +10,7 @@ import yaml
 from conftest import read_metrics, run_cli, tiny_set_args
 from lrcn.cli import build_parser, train_config
 from lrcn.config import DEFAULT_PRESET, OWN_DATA_PRESET, TrainConfig, default_preset, load_config
-from lrcn.engine.schedule import epochs_for_samples
+from lrcn.engine.schedule import epochs_for_samples, image_passes_per_epoch
 from lrcn.engine.trainer import check_train_config
 from lrcn.errors import LrcnError
 
@@ -63,8 +63,29 @@ def test_samples_set_the_epochs_and_rescale_the_schedule(samples, questions, epo
         epochs_for_samples(t, questions)
     assert (t.epochs, t.warmup_epochs, t.decay_epochs) == (epochs, warmup, decay)
     if epochs != 10:
-        assert f"train.samples {samples} over {questions} training questions: {epochs} epochs" \
-            in caplog.text
+        assert (f"train.samples {samples} over {questions} training questions an epoch: "
+                f"{epochs} epochs") in caplog.text
+
+
+@pytest.mark.parametrize(("pixels", "grouped", "passes"), [
+    (False, True, 0), (False, False, 0),  # a feature store: no encoder pass
+    (True, True, 500),                    # an image's questions share one pass
+    (True, False, 4000),                  # every question runs its image
+])
+def test_image_passes_per_epoch(pixels, grouped, passes):
+    assert image_passes_per_epoch(4000, 500, pixels=pixels, grouped=grouped) == passes
+
+
+def test_image_passes_count_towards_samples(caplog):
+    """One question per photo (VizWiz) costs a pass each; eight per photo share one."""
+    one_each = TrainConfig(epochs=10, samples=600_000, warmup_epochs=1, decay_epochs=[8])
+    epochs_for_samples(one_each, 6000, image_passes_per_epoch(6000, 6000, True, True))
+    eight_each = TrainConfig(epochs=10, samples=600_000, warmup_epochs=1, decay_epochs=[8])
+    with caplog.at_level(logging.INFO, logger="lrcn"):
+        epochs_for_samples(eight_each, 32000, image_passes_per_epoch(32000, 4000, True, True))
+    assert (one_each.epochs, eight_each.epochs) == (50, 17)
+    assert ("train.samples 600000 over 32000 training questions and 4000 image passes an "
+            "epoch: 17 epochs") in caplog.text
 
 
 def test_explicit_epochs_clear_samples():
@@ -84,10 +105,12 @@ def test_bad_samples_are_refused():
 
 
 def test_a_run_trains_as_many_epochs_as_its_samples_give(vqa2_layout, tmp_path, capsys):
-    """The tiny VQA-v2 layout's training split, samples for three passes over it."""
+    """The tiny VQA-v2 layout's training split, samples for three passes over it: its
+    questions and, as the own-data preset groups them by image, one pass of each image."""
     from lrcn.data import load_split
 
-    questions = len(load_split("vqa2", vqa2_layout.root, "train2014").records)
+    records = load_split("vqa2", vqa2_layout.root, "train2014").records
+    questions = len(records) + len({r.image_key for r in records})
     run = tmp_path / "run"
     result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", vqa2_layout.root,
                      "--train-split", "train2014", "--val-split", "val2014", "--out", run,

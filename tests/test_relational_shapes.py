@@ -21,7 +21,7 @@ from lrcn.data.shapes_scenes import (
     BACKGROUND, COLORS, QUESTION_FAMILIES, RELATIONAL, TEMPLATES, Scene, SceneObject,
     SceneStyle, ask, draw_scene, make_scene,
 )
-from lrcn.data.vqa2 import annotations_filename, check_images, questions_filename
+from lrcn.data.vqa2 import annotations_filename, check_images, image_key, questions_filename
 from lrcn.errors import LrcnError
 
 TINY = {"train2014": 3, "val2014": 2}  # images per split
@@ -256,6 +256,25 @@ def test_single_object_scenes_pass_relational_turns_on(tmp_path: Path) -> None:
     assert {a["question_type"] for a in annotations} == {"shape", "left or right",
                                                          "top or bottom"}
     assert about["style"]["objects"] == [1, 1] and about["questions_per_image"] == 6
+
+
+def test_on_scene_sees_each_drawn_scene(tmp_path: Path) -> None:
+    seen: list[tuple[str, int, Any]] = []
+    rs.write_vqa2_layout(tmp_path, 3, {"train2014": 3, "val2014": 2},
+                         on_scene=lambda split, i, scene: seen.append((split, i, scene)))
+    assert [(s, i) for s, i, _ in seen] == [("train2014", 1), ("train2014", 2),
+                                           ("train2014", 3), ("val2014", 4), ("val2014", 5)]
+    for split, image_id, scene in seen:  # the scene handed over is the one in the image
+        image = Image.open(tmp_path / image_key(split, image_id)).convert("RGB")
+        for o in scene.objects:
+            assert np.abs(np.array(image.getpixel((round(o.x), round(o.y))), dtype=int)
+                          - COLORS[o.color]).max() < 40
+    # the hook changes nothing that is written
+    other = tmp_path / "again"
+    other.mkdir()
+    rs.write_vqa2_layout(other, 3, {"train2014": 3, "val2014": 2})
+    for name in (questions_filename("train2014"), annotations_filename("val2014")):
+        assert (other / name).read_bytes() == (tmp_path / name).read_bytes()
 
 
 # --- the bundled dataset ----------------------------------------------------------------------

@@ -73,9 +73,11 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 13
-    # Train on about this many questions in all, whatever the dataset's size: epochs become
-    # round(samples / training questions) (at least 1), with the schedule stated for `epochs`
-    # rescaled to them (engine/schedule.py). None: train `epochs` epochs. --epochs clears it.
+    # Train on about this many samples in all, whatever the dataset's size: a sample is a
+    # training question or a pass of an image through the image encoder (once per image and
+    # epoch with group_by_image, else once per question). Epochs become round(samples /
+    # samples per epoch) (at least 1), with the schedule stated for `epochs` rescaled to them
+    # (engine/schedule.py). None: train `epochs` epochs. --epochs clears it.
     samples: int | None = None
     batch_size: int = 64              # questions per optimizer step, all processes and micro-batches
     lr: float = 1e-4                  # base learning rate

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from PIL import Image
 
 from lrcn.data.generated import GeneratedDataset
 from lrcn.data.shapes_scenes import (
-    QUESTION_FAMILIES, SceneStyle, ask, check_families, draw_scene, make_scene,
+    QUESTION_FAMILIES, Scene, SceneStyle, ask, check_families, draw_scene, make_scene,
 )
 from lrcn.data.vqa2 import annotations_filename, image_key, questions_filename
 from lrcn.errors import LrcnError
@@ -47,14 +48,18 @@ NUM_ANSWERS = 10
 def write_vqa2_layout(out: Path, seed: int, sizes: dict[str, int],
                       style: SceneStyle = SceneStyle(),
                       families: tuple[str, ...] = QUESTION_FAMILIES,
-                      questions_per_image: int = QUESTIONS_PER_IMAGE) -> dict[str, Any]:
+                      questions_per_image: int = QUESTIONS_PER_IMAGE,
+                      on_scene: Callable[[str, int, Scene], None] | None = None
+                      ) -> dict[str, Any]:
     """Write scenes and questions into ``out`` (which must exist) in the VQA-v2 layout.
 
     ``sizes`` gives the images per split; each split draws from its own random stream
     (``[seed, position in sizes]``). Families take turns over each split's questions, so
     each is asked equally often. Image ids run on across the splits, as COCO's do, so splits
     can be joined (``train2014+val2014``); question ids are ``image_id * 1000 + j`` for the
-    image's ``j``-th question. Returns a description of what was written (for the meta file).
+    image's ``j``-th question. ``on_scene(split, image_id, scene)``, when given, sees every
+scene as it is drawn (benchmarks/binding_probe.py builds ideal features from them).
+Returns a description of what was written (for the meta file).
     """
     _check_questions(families, questions_per_image, style)
     first_id = 1
@@ -65,6 +70,8 @@ def write_vqa2_layout(out: Path, seed: int, sizes: dict[str, int],
         turn = 0
         for image_id in range(first_id, first_id + n_images):
             scene = make_scene(rng, style)
+            if on_scene is not None:
+                on_scene(split, image_id, scene)
             Image.fromarray(draw_scene(scene, style)).save(
                 out / image_key(split, image_id), "JPEG", quality=JPEG_QUALITY, subsampling=0)
             for j in range(questions_per_image):

@@ -90,17 +90,32 @@ def follow_epochs(t: TrainConfig, stated: TrainConfig, source: str,
                      name, old, new, source, stated.epochs, t.epochs)
 
 
-def epochs_for_samples(t: TrainConfig, questions: int) -> None:
-    """Set `t`'s epochs from ``t.samples`` for a training split of `questions`, rescaling the
-    schedule `t` states for its own ``epochs`` (`rescale_schedule`), and log what was set."""
+def image_passes_per_epoch(questions: int, images: int, pixels: bool, grouped: bool) -> int:
+    """How many times an epoch runs an image through the image encoder: never from a feature
+    store (``pixels`` False), once per image when its questions share a batch
+    (``train.group_by_image``), else once per question."""
+    if not pixels:
+        return 0
+    return images if grouped else questions
+
+
+def epochs_for_samples(t: TrainConfig, questions: int, image_passes: int = 0) -> None:
+    """Set `t`'s epochs from ``t.samples``, rescaling the schedule `t` states for its own
+    ``epochs`` (`rescale_schedule`), and log what was set.
+
+    A sample is a training question or a pass of an image through the image encoder
+    (`image_passes_per_epoch`): both cost time, so a dataset of one question per photo gets
+    fewer epochs than one whose photos carry several questions each.
+    """
     if t.samples is None:
         return
-    epochs = max(1, round(t.samples / max(1, questions)))
+    epochs = max(1, round(t.samples / max(1, questions + image_passes)))
     if epochs != t.epochs:
         rescaled = rescale_schedule(t, epochs)
-        log.info("train.samples %d over %d training questions: %d epochs (warmup_epochs %d, "
-                 "decay_epochs %s; stated for %d epochs: %d, %s)", t.samples, questions, epochs,
-                 rescaled.warmup_epochs, rescaled.decay_epochs, t.epochs, t.warmup_epochs,
-                 t.decay_epochs)
+        passes = f" and {image_passes} image passes" if image_passes else ""
+        log.info("train.samples %d over %d training questions%s an epoch: %d epochs "
+                 "(warmup_epochs %d, decay_epochs %s; stated for %d epochs: %d, %s)",
+                 t.samples, questions, passes, epochs, rescaled.warmup_epochs,
+                 rescaled.decay_epochs, t.epochs, t.warmup_epochs, t.decay_epochs)
         for name in ("epochs", *RESCALED_FIELDS):
             setattr(t, name, getattr(rescaled, name))

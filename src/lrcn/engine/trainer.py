@@ -39,7 +39,9 @@ from lrcn.engine.curves import plot_curves
 from lrcn.engine.memory import keep_freed_memory
 from lrcn.engine.losses import ANSWER_LOSSES, task_loss
 from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
-from lrcn.engine.schedule import describe_schedule, epochs_for_samples, lr_per_epoch
+from lrcn.engine.schedule import (
+    describe_schedule, epochs_for_samples, image_passes_per_epoch, lr_per_epoch,
+)
 from lrcn.errors import LrcnError
 from lrcn.features.grids import open_stores
 from lrcn.models import VQAModel, create_model
@@ -570,12 +572,15 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     if device.type == "cpu":
         keep_freed_memory()  # large CPU activations reuse freed memory instead of page faults
     data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR)
-    if not resume:  # a resumed run has its epochs already
-        epochs_for_samples(t, len(data.train.records))
-    lrs = lr_per_epoch(t)  # also in config.yaml (save_config)
-    log.info("lr schedule: %s", describe_schedule(lrs))
     num_answers = len(data.answer_vocab)
     model = create_model(cfg.model, len(data.word_vocab), num_answers, data.word_vectors).to(device)
+    if not resume:  # a resumed run has its epochs already
+        records = data.train.records
+        epochs_for_samples(t, len(records), image_passes_per_epoch(
+            len(records), len({r.image_key for r in records}), grouped=t.group_by_image,
+            pixels=model.net.uses_image and cfg.model.image_encoder != "features"))
+    lrs = lr_per_epoch(t)  # also in config.yaml (save_config)
+    log.info("lr schedule: %s", describe_schedule(lrs))
     log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
              cfg.model.variant, model.net.num_parameters() / 1e6)
     if saved is not None:
