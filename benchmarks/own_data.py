@@ -46,8 +46,8 @@ def vqa2_case(work: Path) -> dict:
     write_vqa2_layout(root, seed=101, sizes={"train2014": 4000, "val2014": 500},
                       style=VQA2_STYLE, questions_per_image=8)
     summary, seconds = run_lrcn_train(["--dataset", "vqa2", "--data-root", str(root),
-                                  "--train-split", "train2014", "--val-split", "val2014"],
-                                 work / "vqa2-run")
+                                       "--train-split", "train2014", "--val-split", "val2014"],
+                                      work / "vqa2-run")
     per_type, counts = summary["per_question_type"], summary["question_type_counts"]
     position = (sum(per_type[f] * counts[f] for f in POSITION_FAMILIES)
                 / sum(counts[f] for f in POSITION_FAMILIES))
@@ -63,7 +63,7 @@ def vizwiz_case(work: Path) -> dict:
     root.mkdir()
     write_vizwiz_layout(root, seed=102, sizes={"train": 6000, "val": 1000}, style=VIZWIZ_STYLE)
     summary, seconds = run_lrcn_train(["--dataset", "vizwiz", "--data-root", str(root),
-                                  "--task", "both"], work / "vizwiz-run")
+                                       "--task", "both"], work / "vizwiz-run")
     ap = summary["answerability"]["average_precision"]
     return {"layout": "vizwiz", "wall_seconds": round(seconds, 1),
             "overall": round(summary["overall"], 2), "answerability_ap": round(ap, 2),

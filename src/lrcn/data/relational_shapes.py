@@ -20,8 +20,8 @@ JPEG encoder).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,8 +58,8 @@ def write_vqa2_layout(out: Path, seed: int, sizes: dict[str, int],
     each is asked equally often. Image ids run on across the splits, as COCO's do, so splits
     can be joined (``train2014+val2014``); question ids are ``image_id * 1000 + j`` for the
     image's ``j``-th question. ``on_scene(split, image_id, scene)``, when given, sees every
-scene as it is drawn (benchmarks/binding_probe.py builds ideal features from them).
-Returns a description of what was written (for the meta file).
+    scene as it is drawn (benchmarks/binding_probe.py builds ideal features from them).
+    Returns a description of what was written (for the meta file).
     """
     _check_questions(families, questions_per_image, style)
     first_id = 1
