@@ -10,7 +10,11 @@ import torch
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
 from lrcn.models import create_model
-from lrcn.models.position import POSITIONS, cell_centres, sincos_encoding
+from lrcn.models.layers import MultiHeadAttention
+from lrcn.models.position import (
+    POSITIONS, SELF_BIAS, DistanceBias, cell_centres, cell_distances, distance_slopes,
+    sincos_encoding,
+)
 
 VOCAB, ANSWERS, CHANNELS = 20, 7, 12
 # Every model family that reads the image: the three LRCN stackings and two baselines.
@@ -116,3 +120,94 @@ def test_region_lists_and_bad_settings_are_refused():
     # without a position encoding a region list is fine
     with torch.no_grad():
         assert model_for("lrcn", "ed", "none")(tokens, grid=torch.randn(2, 9, CHANNELS)).shape == (2, ANSWERS)
+
+
+# model.distance_bias: the image self-attention's heads biased by cell distance (LRCN only).
+STACKINGS = [v for a, v in FAMILIES if a == "lrcn"]
+
+
+@pytest.mark.parametrize("variant", STACKINGS)
+def test_distance_bias_makes_the_layout_matter_even_without_position(variant):
+    """Permuting cells keeps every cell's features but changes who is near whom."""
+    plain = model_for("lrcn", variant, "none")
+    biased = model_for("lrcn", variant, "none", distance_bias=True)
+    tokens, grid = inputs()
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(tokens, grid=permuted(grid, order)),
+                                   plain(tokens, grid=grid), rtol=1e-5, atol=1e-5)
+        assert (biased(tokens, grid=permuted(grid, order))
+                - biased(tokens, grid=grid)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("variant", STACKINGS)
+def test_distance_bias_respects_masks(variant):
+    model = model_for("lrcn", variant, "coords", distance_bias=True)
+    tokens, grid = inputs()
+    mask = torch.ones(2, 4, 5, dtype=torch.bool)
+    mask[0, 1:, 3:] = False
+    mask[1, :, :] = False
+    mask[1, 2, 2] = True  # a grid whose only valid cell has no other cell to attend to
+    changed = grid.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), CHANNELS) * 100
+    with torch.no_grad():
+        a = model(tokens, grid=grid, grid_mask=mask)
+        b = model(tokens, grid=changed, grid_mask=mask)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (8, 8)])
+@pytest.mark.parametrize("reduction", ["none", "avgpool"])
+def test_distance_bias_any_grid_size(size, reduction):
+    model = model_for("lrcn", "cst", "coords", distance_bias=True, grid_reduction=reduction)
+    tokens, grid = inputs(*size)
+    with torch.no_grad():
+        out = model(tokens, grid=grid)
+    assert out.shape == (2, ANSWERS) and torch.isfinite(out).all()
+
+
+def test_distance_bias_values():
+    """bias[h, i, j] = -slope_h * distance; half the heads look near, half far; no self."""
+    assert distance_slopes(1) == [8.0]
+    assert distance_slopes(4) == [8.0, 2.0, -8.0, -2.0]
+    slopes = distance_slopes(5)
+    assert [s > 0 for s in slopes] == [True, True, True, False, False]
+    assert slopes[0] > slopes[1] > slopes[2] == 2.0
+    d = cell_distances(2, 3)
+    torch.testing.assert_close(d[0, 1], torch.tensor(2 / 3))  # neighbours along a row
+    torch.testing.assert_close(d[0, 3], torch.tensor(1.0))    # neighbours down a column
+    bias = DistanceBias(4)(d)
+    assert bias.shape == (1, 4, 6, 6)
+    assert (bias[0].diagonal(dim1=-2, dim2=-1) == SELF_BIAS).all()
+    off = ~torch.eye(6, dtype=torch.bool)
+    torch.testing.assert_close(bias[0, 0][off], -8.0 * d[off])
+    torch.testing.assert_close(bias[0, 3][off], 2.0 * d[off])
+
+
+def test_score_bias_in_both_attention_paths():
+    """The written-out CPU path (training with dropout) adds the bias as SDPA's path does."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4, dropout=1e-12)
+    x = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    bias = DistanceBias(4)(cell_distances(2, 3))
+    with torch.no_grad():
+        sdpa = attn.eval()(x, key_mask=mask, score_bias=bias)
+        written = attn.train()(x, key_mask=mask, score_bias=bias)
+        unbiased = attn.eval()(x, key_mask=mask)
+    torch.testing.assert_close(written, sdpa, rtol=1e-5, atol=1e-5)
+    assert (sdpa - unbiased).abs().max() > 1e-3
+
+
+def test_distance_bias_refused_where_it_cannot_apply():
+    model = model_for("lrcn", "ed", "none", distance_bias=True)
+    tokens, _ = inputs()
+    with pytest.raises(LrcnError, match="distance_bias"):
+        model(tokens, grid=torch.randn(2, 9, CHANNELS))  # a region list has no distances
+    for arch in ("cnn_lstm", "image_only"):
+        with pytest.raises(LrcnError, match="distance_bias"):
+            model_for(arch, "ed", "coords", distance_bias=True)
+    # off, the paper's model: no extra parameters in its state dict
+    assert not any("distance" in k for k in model_for("lrcn", "ed", "none").state_dict())
+    assert sum("distance_bias.slopes" in k for k in model.state_dict()) == 2  # one per layer

@@ -67,6 +67,7 @@ class ModelConfig:
     freeze_encoder: bool = True       # torchvision trunks only; the small CNN always trains
     feature_channels: int = 2048      # C of precomputed grids when image_encoder is features
     position: str = "none"            # none | coords | sincos | both: where each grid cell is (models/position.py)
+    distance_bias: bool = False       # LRCN: image self-attention heads biased by cell distance, near and far (models/position.py)
     answerable_hidden: int = 0        # answerability head: 0 a linear read-out of z; N > 0 an MLP with N hidden units
 
 

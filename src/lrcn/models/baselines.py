@@ -272,3 +272,7 @@ def _check_config(cfg: ModelConfig) -> None:
         )
     if not 0.0 <= cfg.dropout < 1.0:
         raise LrcnError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
+    if cfg.distance_bias:
+        raise LrcnError(
+            f"model.distance_bias biases attention between image regions; model.arch "
+            f"{cfg.arch} has none (use model.position for where each cell is)")

@@ -88,6 +88,7 @@ class MultiHeadAttention(nn.Module):
         query: torch.Tensor,
         key_value: torch.Tensor | None = None,
         key_mask: torch.Tensor | KeyMask | None = None,
+        score_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``query`` (B, T, D) to ``key_value`` (B, S, D), or to itself when None.
 
@@ -96,6 +97,8 @@ class MultiHeadAttention(nn.Module):
             key_value: the sequence attended to; None means self-attention.
             key_mask: (B, S) True where a key is valid, or a prepared `KeyMask`; None means
                 all valid.
+            score_bias: (1 or B, heads, T, S) added to the scaled scores before the softmax
+                (`lrcn.models.position.DistanceBias`); None adds nothing.
 
         Returns:
             (B, T, D) attended values after the output projection.
@@ -121,11 +124,18 @@ class MultiHeadAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, heads, T, S)
             if mask is not None:
                 scores.add_(mask.bias)
+            if score_bias is not None:
+                scores.add_(score_bias)
             probs = dropout(scores.softmax(dim=-1), self.dropout, True)
             out = probs @ v  # (B, heads, T, head_dim)
         else:
+            attn_mask = None if mask is None else mask.attend
+            if score_bias is not None:  # SDPA takes one mask: a float one holds both
+                attn_mask = score_bias.to(q.dtype)
+                if mask is not None:
+                    attn_mask = attn_mask + mask.bias.to(q.dtype)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None if mask is None else mask.attend,
+                q, k, v, attn_mask=attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
             )  # (B, heads, T, head_dim)
         if mask is not None and mask.has_key is not None:

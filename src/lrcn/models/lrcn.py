@@ -29,7 +29,7 @@ from lrcn.models.layers import (
     MultiHeadAttention,
     word_embedding,
 )
-from lrcn.models.position import GridPosition
+from lrcn.models.position import DistanceBias, GridPosition, cell_distances
 
 VARIANTS = ("ed", "st", "cst")
 LRM_PLACEMENTS = ("none", "sa", "ga", "both")
@@ -65,13 +65,16 @@ class ImageSGA(nn.Module):
 
     s_{l-1} and g_{l-1} are the previous layer's attention sub-layer outputs (after their LN,
     before the FFN), with s_0 = g_0 = x_0. The skip adds no parameters, so every placement
-    (none | sa | ga | both) has the same state dict.
+    (none | sa | ga | both) has the same state dict. With ``distance_bias`` the self-attention
+    scores get each head's `DistanceBias` (``model.distance_bias``).
     """
 
-    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: str) -> None:
+    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: str,
+                 distance_bias: bool = False) -> None:
         super().__init__()
         self.lrm_sa = lrm in ("sa", "both")
         self.lrm_ga = lrm in ("ga", "both")
+        self.distance_bias = DistanceBias(heads) if distance_bias else None
         self.self_attn = MultiHeadAttention(d_model, heads, dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
@@ -88,9 +91,16 @@ class ImageSGA(nn.Module):
         y_mask: KeyMask | torch.Tensor | None,
         prev_s: torch.Tensor,
         prev_g: torch.Tensor,
+        distances: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns x_l, s_l, g_l; s_l and g_l are the next layer's prev_s and prev_g."""
-        s = x + self.dropout(self.self_attn(x, key_mask=x_mask))
+        """Returns x_l, s_l, g_l; s_l and g_l are the next layer's prev_s and prev_g.
+        ``distances`` (N, N) between the cells of x: needed with ``distance_bias``."""
+        bias = None
+        if self.distance_bias is not None:
+            if distances is None:
+                raise LrcnError("model.distance_bias needs the distances between grid cells")
+            bias = self.distance_bias(distances)  # (1, heads, N, N)
+        s = x + self.dropout(self.self_attn(x, key_mask=x_mask, score_bias=bias))
         if self.lrm_sa:
             s = s + prev_s
         s = self.norm1(s)
@@ -203,8 +213,10 @@ class LRCN(nn.Module):
                            cfg.cst_question_lrm and cfg.lrm != "none")
                 for _ in range(L)
             )
+        self.distance_bias = cfg.distance_bias
         self.image_layers = nn.ModuleList(
-            ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm) for _ in range(L)
+            ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm, cfg.distance_bias)
+            for _ in range(L)
         )
 
         # head: attention pooling on each stream, z = LN(X W_x + Y W_y), logits = z W_z
@@ -273,26 +285,43 @@ class LRCN(nn.Module):
             x = self.position.add(x, *spatial)
         return x, grid_mask
 
+    def grid_distances(self, grid: torch.Tensor) -> torch.Tensor | None:
+        """(N, N) distances between the cells ``encode_grid`` makes of ``grid`` (B, H, W, C),
+        for ``model.distance_bias``; None when that is off."""
+        if not self.distance_bias:
+            return None
+        if grid.dim() != 4:
+            raise LrcnError(
+                "model.distance_bias needs a spatial grid (batch, H, W, C) to know how far "
+                f"apart regions are, got shape {tuple(grid.shape)} (a region list); use "
+                "model.distance_bias: false for region lists")
+        H, W = grid.shape[1], grid.shape[2]
+        if self.reduce is not None:  # zero-padded to even sizes, then halved
+            H, W = (H + 1) // 2, (W + 1) // 2
+        return cell_distances(H, W, grid.device)
+
     def co_attend(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         x_mask: KeyMask | torch.Tensor | None,
         y_mask: KeyMask | torch.Tensor,
+        distances: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y."""
+        """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y.
+        ``distances`` (N, N) between X's cells: for ``model.distance_bias`` (`grid_distances`)."""
         s = g = x  # s_0 = g_0 = x_0 (PrevRe(0) = X)
         if self.variant == "ed":
             # encoder-decoder: all question blocks, then every image layer guided by the final y
             for q_block in self.question_blocks:
                 y = q_block(y, y_mask)
             for layer in self.image_layers:
-                x, s, g = layer(x, y, x_mask, y_mask, s, g)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, distances)
         elif self.variant == "st":
             # pure stacking: question block l, then image layer l guided by the question of layer l
             for q_block, layer in zip(self.question_blocks, self.image_layers):
                 y = q_block(y, y_mask)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, distances)
         else:
             # co-stacking: question block l, the question attends to the image of layer l-1,
             # then image layer l guided by the updated question
@@ -302,7 +331,7 @@ class LRCN(nn.Module):
             ):
                 y = q_block(y, y_mask)
                 y, q = q_guided(y, x, x_mask, q)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, distances)
         return x, y
 
     def forward_features(
@@ -322,7 +351,7 @@ class LRCN(nn.Module):
         y, y_valid = self.encode_question(tokens)
         x, x_valid = self.encode_grid(grid, grid_mask)
         y_mask, x_mask = KeyMask.of(y_valid), KeyMask.of(x_valid)  # built once, used by every layer
-        x, y = self.co_attend(x, y, x_mask, y_mask)
+        x, y = self.co_attend(x, y, x_mask, y_mask, self.grid_distances(grid))
         x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
         y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)
         fused = self.fuse_norm(self.fuse_image(x_pooled) + self.fuse_question(y_pooled))

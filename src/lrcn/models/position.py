@@ -17,6 +17,15 @@ where each cell was. ``model.position`` gives it back (``POSITIONS``):
 Centres are computed from the grid's own H x W, so any size works (they are in units of the
 image, not of cells). Masked cells get a position like any other and stay masked as keys.
 A region list (B, N, C) carries no geometry, so it cannot take a position encoding.
+
+``model.distance_bias`` (`DistanceBias`) is the relational counterpart: the image
+self-attention's heads get an additive score bias ``-slope_h * |c_i - c_j|`` from the distance
+between the two cells' centres, a 2-D form of ALiBi (Press et al. 2022). Half the heads start
+with positive slopes (they look at near cells), half with negative ones (far cells); the
+slopes are learned. A cell does not attend to itself in these heads (its own features reach
+it through the residual), so after one layer each cell holds what is nearest to and furthest
+from it, and "the object nearest to the red one" becomes one look-up instead of two chained
+attention hops, which the model learns far later (README, "Your own data").
 """
 
 from __future__ import annotations
@@ -30,6 +39,11 @@ from lrcn.errors import LrcnError
 
 POSITIONS = ("none", "coords", "sincos", "both")
 COORD_CHANNELS = 2
+# DistanceBias: initial |slope| per head, geometric from the steepest to the gentlest, in
+# score units per image half-width; objects a tenth of the image apart differ by 0.2-0.8.
+DISTANCE_SLOPES = (8.0, 2.0)
+SELF_BIAS = -1e4  # a cell's score for itself in DistanceBias heads: finite, so a cell whose
+# only valid key is itself still attends to something
 # sincos frequencies, radians per image width, geometrically spaced from pi (the cosine is
 # positive exactly on the left half, and falls steadily with distance across the image) up
 # to pi * cells / 2 along that axis (a period of four cells: higher ones alias on the grid).
@@ -104,3 +118,39 @@ class GridPosition(nn.Module):
             return tokens
         centres = cell_centres(height, width, tokens.device, tokens.dtype)
         return tokens + sincos_encoding(centres, self.d_model, height, width)
+
+
+def cell_distances(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """(H * W, H * W) distances between the centres of an H x W grid's cells (`cell_centres`,
+    image units), row-major."""
+    centres = cell_centres(height, width, device)
+    return torch.cdist(centres, centres)
+
+
+def distance_slopes(heads: int) -> list[float]:
+    """Initial slopes of `DistanceBias` for ``heads`` heads: the first ceil(heads / 2) look
+    near (positive), the rest far (negative), steepest first within each half."""
+    near, far = (heads + 1) // 2, heads // 2
+    steep, gentle = DISTANCE_SLOPES
+
+    def magnitudes(n: int) -> list[float]:
+        return [steep * (gentle / steep) ** (i / max(1, n - 1)) for i in range(n)]
+
+    return magnitudes(near) + [-m for m in magnitudes(far)]
+
+
+class DistanceBias(nn.Module):
+    """Each head's additive self-attention bias from cell distances (``model.distance_bias``).
+
+        bias[h, i, j] = -slope_h * |c_i - c_j|   (i != j),   SELF_BIAS on the diagonal
+    """
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.slopes = nn.Parameter(torch.tensor(distance_slopes(heads)))
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        """(N, N) cell distances -> (1, heads, N, N) score bias."""
+        bias = -self.slopes[:, None, None] * distances  # (heads, N, N)
+        eye = torch.eye(distances.shape[0], dtype=torch.bool, device=distances.device)
+        return bias.masked_fill(eye, SELF_BIAS).unsqueeze(0)
