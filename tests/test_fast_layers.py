@@ -159,12 +159,15 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens_with_pads(), grid, mask
 
 
-@pytest.mark.parametrize("variant", ["ed", "st", "cst"])
-def test_fast_model_equals_the_plain_model(variant: str) -> None:
+@pytest.mark.parametrize("overrides", [
+    {"variant": "ed"}, {"variant": "st"}, {"variant": "cst"},
+    {"variant": "cst", "position": "coords", "distance_bias": True},  # own-data's model
+], ids=["ed", "st", "cst", "cst-distance-bias"])
+def test_fast_model_equals_the_plain_model(overrides: dict) -> None:
     """Eval outputs are equal, and so are the loss and every gradient of a training step
     without dropout (dropout masks are random, so that part is checked per layer above)."""
     torch.manual_seed(0)
-    fast = LRCN(tiny_cfg(variant=variant), VOCAB, ANSWERS, CHANNELS)
+    fast = LRCN(tiny_cfg(**overrides), VOCAB, ANSWERS, CHANNELS)
     plain = plain_copy(fast)
     tokens, grid, mask = _inputs()
     fast.eval(), plain.eval()

@@ -7,6 +7,7 @@ Files are written in each format's published layout: TRAR-VQA's ``<image file>.n
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,22 @@ def write_gridfeats(src: Path, tensors: dict[int, torch.Tensor]) -> None:
         torch.save(tensor, src / f"{image_id}.pth")
 
 
+def save_openvqa(path: Path, x: np.ndarray, channels: int = C, **replace: Any) -> None:
+    """One bottom-up file: x, a box per region (the i-th 10 pixels right of the (i-1)-th),
+    image_h, image_w; ``replace`` swaps arrays (None drops one)."""
+    regions = x.shape[1] if x.shape[0] == channels else x.shape[0]
+    bbox = np.array([[10.0 * i, 20.0, 10.0 * i + 40.0, 60.0] for i in range(regions)],
+                    np.float32).reshape(regions, 4)
+    arrays = {"x": x, "bbox": bbox, "image_h": np.array(480), "image_w": np.array(640),
+              **replace}
+    np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
+
+
 def write_openvqa(src: Path, regions: dict[str, np.ndarray], **replace: Any) -> None:
     for image, x in regions.items():
         path = src / f"{image}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        boxes = x.shape[1] if x.shape[0] == C else x.shape[0]
-        arrays = {"x": x, "bbox": np.zeros((boxes, 4), np.float32), "image_h": np.array(480),
-                  "image_w": np.array(640), **replace}
-        np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
+        save_openvqa(path, x, **replace)
 
 
 def trar_arrays(seed: int = 0, shape: tuple[int, ...] = (8, 8, 2048)) -> dict[str, np.ndarray]:
@@ -142,18 +151,44 @@ def test_openvqa_regions_either_orientation_padded(tmp_path: Path, capsys) -> No
     r = run_cli(capsys, "features", "import", "--format", "openvqa", "--src", tmp_path / "src",
                 "--out", out, "--channels", C, "--json")
     assert r.code == 0, r.err
-    assert (r.json["layout"], r.json["item_shape"], r.json["has_mask"]) == ("regions", [7, C], True)
+    assert (r.json["layout"], r.json["item_shape"], r.json["has_mask"], r.json["has_boxes"]) == (
+        "regions", [7, C], True, True)
 
     store = FeatureStore.open(out)
     assert store.keys == sorted(regions)
     got, mask = store.read(np.arange(3))
+    boxes = store.read_boxes(np.array([2, 0]))  # any rows, in the order asked
+    assert boxes.shape == (2, 7, 4)
     for i, key in enumerate(store.keys):
         x = regions[key]
         expected = x.T if x.shape[0] == C else x
         r_count = len(expected)
         np.testing.assert_allclose(got[i, :r_count].numpy(), expected, rtol=1e-3, atol=2e-3)
         assert mask[i].tolist() == [True] * r_count + [False] * (7 - r_count)
+    # pixel boxes (10 i, 20, 10 i + 40, 60) of a 640 x 480 image, as fractions; padding zeros
+    np.testing.assert_allclose(boxes[0, :7, 0].numpy(), np.arange(7) * 10 / 640, rtol=1e-6)
+    np.testing.assert_allclose(boxes[1, 4], [40 / 640, 20 / 480, 80 / 640, 60 / 480], rtol=1e-6)
+    assert (boxes[1, 5:] == 0).all()
     assert store.row_of("COCO_val2014_000000000042") == 2
+    store.verify()  # boxes.npy is hashed with the rest
+
+
+def test_openvqa_without_boxes_and_stores_made_before_boxes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "src").mkdir()
+    for name in ("a.jpg", "b.jpg"):  # x alone, as some bottom-up dumps have it
+        np.savez(tmp_path / "src" / f"{name}.npz", x=rng.standard_normal((C, 3)).astype(np.float32))
+    store = import_features("openvqa", tmp_path / "src", tmp_path / "s", channels=C)
+    assert not store.has_boxes and store.read_boxes([0, 1]) is None
+    assert not (tmp_path / "s" / "boxes.npy").exists()
+    # a store written before boxes existed has neither has_boxes nor checksum.boxes
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["has_boxes"], meta["checksum"]["boxes"]
+    meta_path.write_text(json.dumps(meta))
+    old = FeatureStore.open(tmp_path / "s")
+    assert not old.has_boxes
+    old.verify()
 
 
 def test_human_output_names_the_store(tmp_path: Path, capsys) -> None:
@@ -218,8 +253,24 @@ CASES = {
                        "ambiguous"),
     "openvqa channels": ("openvqa", "bad.jpg.npz", lambda p: np.savez(p, x=f32((5, 3))),
                          "neither axis has 4"),
-    "openvqa inf": ("openvqa", "bad.jpg.npz", lambda p: np.savez(p, x=f32((4, 3), -np.inf)),
-                    "non-finite"),
+    "openvqa inf": ("openvqa", "bad.jpg.npz",
+                    lambda p: save_openvqa(p, f32((4, 3), -np.inf), channels=4), "non-finite"),
+    "openvqa no boxes": ("openvqa", "bad.jpg.npz", lambda p: np.savez(p, x=f32((4, 3))),
+                         "has no region boxes, but"),
+    "openvqa part of the boxes": ("openvqa", "bad.jpg.npz",
+                                  lambda p: save_openvqa(p, f32((4, 3)), 4, image_w=None),
+                                  "has bbox, image_h but not image_w"),
+    "openvqa box count": ("openvqa", "bad.jpg.npz",
+                          lambda p: save_openvqa(p, f32((4, 3)), 4, bbox=f32((2, 4))),
+                          "bbox has shape (2, 4), expected (3, 4)"),
+    "openvqa box outside": ("openvqa", "bad.jpg.npz",
+                            lambda p: save_openvqa(p, f32((4, 3)), 4, bbox=np.array(
+                                [[0, 0, 10, 10], [600, 0, 700, 10], [0, 0, 1, 1]], np.float32)),
+                            "box 1 [600.0, 0.0, 700.0, 10.0] is not (x0, y0, x1, y1)"),
+    "openvqa box inverted": ("openvqa", "bad.jpg.npz",
+                             lambda p: save_openvqa(p, f32((4, 3)), 4, bbox=np.array(
+                                 [[0, 0, 10, 10], [0, 0, 1, 1], [50, 0, 40, 10]], np.float32)),
+                             "box 2 [50.0, 0.0, 40.0, 10.0]"),
 }
 
 

@@ -62,8 +62,10 @@ def write_openvqa(src: Path) -> Path:
         (src / split).mkdir(parents=True)
         for image_id in images:
             n = 3 + image_id % 4
+            corner = np.arange(n)[:, None] * np.array([60.0, 40.0])  # regions down a diagonal
             np.savez(src / split / f"COCO_{split}_{image_id:012d}.jpg.npz",
-                     x=image_grid(image_id, (CHANNELS, n)), bbox=np.zeros((n, 4)),
+                     x=image_grid(image_id, (CHANNELS, n)),
+                     bbox=np.concatenate((corner, corner + 100.0), axis=1),
                      image_h=480, image_w=640)
     return src
 
@@ -98,6 +100,40 @@ def test_import_then_train_and_evaluate_on_features(
     assert result.code == 0, result.err
     results = json.loads(Path(result.json["results"]).read_text())
     assert [r["question_id"] for r in results] == vqa2_layout.test_question_ids
+
+
+def test_region_boxes_place_regions_in_training(
+        vqa2_layout: VQA2Layout, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bottom-up store with boxes trains with model.position and model.distance_bias: each
+    region is placed by its box (the store without boxes is refused, naming the option)."""
+    root = features_only_layout(vqa2_layout, tmp_path)
+    store = tmp_path / "store"
+    result = run_cli(capsys, "features", "import", "--format", "openvqa", "--src",
+                     write_openvqa(tmp_path / "src"), "--out", store, "--channels", CHANNELS,
+                     "--json")
+    assert result.code == 0 and result.json["has_boxes"], result.err
+    placed = ("--set", "model.position=coords", "--set", "model.distance_bias=true")
+    result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", root,
+                     "--features", store, "--epochs", "1", "--out", tmp_path / "run", "--json",
+                     *tiny_set_args(), *placed)
+    assert result.code == 0, result.err
+    assert 0 <= result.json["overall"] <= 100
+    result = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "run", "--split",
+                     "val2014", "--json")
+    assert result.code == 0, result.err
+
+    src = tmp_path / "src-plain"  # the same regions without boxes
+    for path in (tmp_path / "src").rglob("*.npz"):
+        (src / path.parent.name).mkdir(parents=True, exist_ok=True)
+        np.savez(src / path.parent.name / path.name, x=np.load(path)["x"])
+    assert run_cli(capsys, "features", "import", "--format", "openvqa", "--src", src, "--out",
+                   tmp_path / "plain", "--channels", CHANNELS).code == 0
+    result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", root,
+                     "--features", tmp_path / "plain", "--epochs", "1", "--out",
+                     tmp_path / "run-plain", *tiny_set_args(), *placed)
+    assert result.code == 2 and "region list without boxes" in result.err, result.err
+    assert str(tmp_path / "plain") in result.err
+    assert not (tmp_path / "run-plain").exists()
 
 
 def test_features_split_across_stores(vqa2_layout: VQA2Layout, tmp_path: Path,

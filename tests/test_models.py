@@ -218,12 +218,12 @@ def test_stackings_are_wired_as_the_spec(variant: str) -> None:
     with torch.no_grad():
         net(tokens_with_pads(), torch.randn(3, 6, CHANNELS))
     Y, x0 = seen["lstm"][1][0], seen["proj"][1]
-    x_in, y_in, _, _, s_in, g_in = seen["i0"][0]
+    x_in, y_in, _, _, s_in, g_in, _ = seen["i0"][0]
     assert x_in is x0 and s_in is x0 and g_in is x0  # s_0 = g_0 = x_0
     for l in range(3):
         y_prev = Y if l == 0 else seen[f"g{l - 1}" if variant == "cst" else f"q{l - 1}"][1]
         assert seen[f"q{l}"][0][0] is (y_prev[0] if variant == "cst" and l > 0 else y_prev)
-        x_in, y_in, _, _, s_in, g_in = seen[f"i{l}"][0]
+        x_in, y_in, _, _, s_in, g_in, _ = seen[f"i{l}"][0]
         if l > 0:
             x_prev, s_prev, g_prev = seen[f"i{l - 1}"][1]
             assert x_in is x_prev and s_in is s_prev and g_in is g_prev
@@ -264,7 +264,7 @@ def test_paper_size_parameter_counts(variant: str) -> None:
 
 def test_conv_reduction_halves_the_grid() -> None:
     net = LRCN(tiny_cfg(grid_reduction="conv"), VOCAB, ANSWERS, CHANNELS)
-    x, mask = net.encode_grid(torch.randn(2, 16, 16, CHANNELS))
+    x, mask, _ = net.encode_grid(torch.randn(2, 16, 16, CHANNELS))
     assert x.shape == (2, 64, 32) and mask is None
     with pytest.raises(LrcnError, match="spatial grid"):
         net.encode_grid(torch.randn(2, 256, CHANNELS))
@@ -278,7 +278,7 @@ def test_avgpool_reduction_handles_odd_sizes_and_reduces_the_mask() -> None:
     mask = torch.zeros(1, 7, 9, dtype=torch.bool)
     mask[0, 6, 8] = True  # the corner cell, alone in its padded 2x2 block
     mask[0, 0, 1] = True
-    x, reduced = net.encode_grid(grid, mask.flatten(1))
+    x, reduced, _ = net.encode_grid(grid, mask.flatten(1))
     assert x.shape == (1, 4 * 5, 32) and reduced.shape == (1, 20)
     assert reduced.nonzero()[:, 1].tolist() == [0, 19]  # a reduced cell is valid if any input is
     with pytest.raises(LrcnError, match="grid_mask"):

@@ -12,7 +12,7 @@ from lrcn.errors import LrcnError
 from lrcn.models import create_model
 from lrcn.models.layers import MultiHeadAttention
 from lrcn.models.position import (
-    POSITIONS, SELF_BIAS, DistanceBias, cell_centres, cell_distances, distance_slopes,
+    POSITIONS, SELF_BIAS, DistanceBias, cell_centres, distance_slopes, region_centres,
     sincos_encoding,
 )
 
@@ -85,7 +85,8 @@ def test_position_after_grid_reduction():
     """With a 2x2 reduction the cells are those of the reduced grid (odd sizes padded)."""
     model = model_for("lrcn", "ed", "sincos", grid_reduction="avgpool")
     tokens, grid = inputs(5, 7)
-    x, _ = model.net.encode_grid(grid)
+    x, _, centres = model.net.encode_grid(grid)
+    assert centres.shape == (1, 3 * 4, 2)
     assert x.shape == (2, 3 * 4, 32)
     order = torch.randperm(35, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -174,10 +175,11 @@ def test_distance_bias_values():
     slopes = distance_slopes(5)
     assert [s > 0 for s in slopes] == [True, True, True, False, False]
     assert slopes[0] > slopes[1] > slopes[2] == 2.0
-    d = cell_distances(2, 3)
+    centres = cell_centres(2, 3).unsqueeze(0)
+    d = torch.cdist(centres, centres)[0]
     torch.testing.assert_close(d[0, 1], torch.tensor(2 / 3))  # neighbours along a row
     torch.testing.assert_close(d[0, 3], torch.tensor(1.0))    # neighbours down a column
-    bias = DistanceBias(4)(d)
+    bias = DistanceBias(4)(centres)
     assert bias.shape == (1, 4, 6, 6)
     assert (bias[0].diagonal(dim1=-2, dim2=-1) == SELF_BIAS).all()
     off = ~torch.eye(6, dtype=torch.bool)
@@ -191,7 +193,7 @@ def test_score_bias_in_both_attention_paths():
     attn = MultiHeadAttention(16, 4, dropout=1e-12)
     x = torch.randn(2, 6, 16)
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
-    bias = DistanceBias(4)(cell_distances(2, 3))
+    bias = DistanceBias(4)(cell_centres(2, 3).unsqueeze(0))
     with torch.no_grad():
         sdpa = attn.eval()(x, key_mask=mask, score_bias=bias)
         written = attn.train()(x, key_mask=mask, score_bias=bias)
@@ -200,14 +202,73 @@ def test_score_bias_in_both_attention_paths():
     assert (sdpa - unbiased).abs().max() > 1e-3
 
 
-def test_distance_bias_refused_where_it_cannot_apply():
+def test_distance_bias_where_it_cannot_apply(caplog):
     model = model_for("lrcn", "ed", "none", distance_bias=True)
-    tokens, _ = inputs()
-    with pytest.raises(LrcnError, match="distance_bias"):
-        model(tokens, grid=torch.randn(2, 9, CHANNELS))  # a region list has no distances
+    tokens, grid = inputs()
+    with pytest.raises(LrcnError, match="distance_bias.*without boxes"):
+        model(tokens, grid=torch.randn(2, 9, CHANNELS))  # a region list without boxes
+    # the baselines have no attention between regions: said, and the model is the same
     for arch in ("cnn_lstm", "image_only"):
-        with pytest.raises(LrcnError, match="distance_bias"):
-            model_for(arch, "ed", "coords", distance_bias=True)
+        with caplog.at_level("INFO", logger="lrcn.models.baselines"):
+            with_bias = model_for(arch, "ed", "coords", distance_bias=True)
+        assert f"model.distance_bias does not apply to {arch}" in caplog.text
+        without = model_for(arch, "ed", "coords")
+        with torch.no_grad():
+            torch.testing.assert_close(with_bias(tokens, grid=grid), without(tokens, grid=grid))
     # off, the paper's model: no extra parameters in its state dict
     assert not any("distance" in k for k in model_for("lrcn", "ed", "none").state_dict())
     assert sum("distance_bias.slopes" in k for k in model.state_dict()) == 2  # one per layer
+
+
+# Region lists (B, N, C) take their places from their boxes (grid_boxes).
+
+def regions_with_boxes(n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(4)
+    corner = torch.rand(2, n, 2) * 0.6
+    boxes = torch.cat((corner, corner + 0.1 + torch.rand(2, n, 2) * 0.3), dim=-1)
+    return torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]]), torch.randn(2, n, CHANNELS), boxes
+
+
+def test_region_centres_from_boxes():
+    grid = torch.zeros(1, 2, CHANNELS)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.25, 1.0, 1.0]]])
+    centres, size = region_centres(grid, boxes, "model.position")
+    torch.testing.assert_close(centres, torch.tensor([[[-0.5, -0.5], [0.5, 0.25]]]))
+    assert size == (2, 2)
+    with pytest.raises(LrcnError, match="grid_boxes has shape"):
+        region_centres(grid, boxes[:, :1], "model.position")
+    with pytest.raises(LrcnError, match="region lists"):
+        region_centres(torch.zeros(1, 2, 2, CHANNELS), boxes, "model.position")
+
+
+@pytest.mark.parametrize("arch,variant", FAMILIES)
+@pytest.mark.parametrize("position", ["coords", "sincos", "both"])
+def test_region_boxes_give_regions_their_places(arch, variant, position):
+    """The regions are a set: reordered with their boxes the answer stays; moved, it changes."""
+    model = model_for(arch, variant, position)
+    tokens, regions, boxes = regions_with_boxes()
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = model(tokens, grid=regions, grid_boxes=boxes)
+        reordered = model(tokens, grid=regions[:, order], grid_boxes=boxes[:, order])
+        moved = model(tokens, grid=regions, grid_boxes=boxes[:, order])
+    torch.testing.assert_close(reordered, before, rtol=1e-5, atol=1e-5)
+    assert (moved - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("variant", STACKINGS)
+def test_distance_bias_on_boxed_regions(variant):
+    model = model_for("lrcn", variant, "none", distance_bias=True)
+    tokens, regions, boxes = regions_with_boxes()
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 4:] = False
+    changed = regions.clone()
+    changed[~mask] = 100.0
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = model(tokens, grid=regions, grid_mask=mask, grid_boxes=boxes)
+        torch.testing.assert_close(
+            model(tokens, grid=changed, grid_mask=mask, grid_boxes=boxes), before,
+            rtol=1e-5, atol=1e-5)
+        full = model(tokens, grid=regions, grid_boxes=boxes)
+        assert (model(tokens, grid=regions, grid_boxes=boxes[:, order]) - full).abs().max() > 1e-3

@@ -32,6 +32,11 @@ class GridSource(Protocol):
         """Float grids (U, ...) of the image rows and their validity mask (U, ...) or None."""
         ...
 
+    def read_boxes(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Boxes (U, R, 4) of a region list's regions (x0, y0, x1, y1 as fractions of the
+        image size), or None: grids, and region lists without boxes."""
+        ...
+
 
 class InMemoryGrids:
     """Grids held in one tensor (U, h, w, C), e.g. a frozen encoder's output computed once."""
@@ -41,6 +46,9 @@ class InMemoryGrids:
 
     def read(self, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.grids[rows], None
+
+    def read_boxes(self, rows: torch.Tensor) -> None:
+        return None
 
 
 @dataclass
@@ -126,7 +134,8 @@ class BatchDataset(Dataset):
 
     Keys: ``rows`` (B,), ``tokens`` (B, T), ``image_index`` (B,) into the U distinct images
     of the batch, and either ``grid`` (U, ...) float (plus ``grid_mask`` (U, ...) when the
-    source pads) when the split has precomputed grids, or ``pixels`` (U, 3, S, S) uint8;
+    source pads, ``grid_boxes`` (U, R, 4) when its regions have boxes) when the split has
+    precomputed grids, or ``pixels`` (U, 3, S, S) uint8;
     ``target`` (B, K) when answers exist; ``answerable`` (B,) when the split has the label.
     """
 
@@ -147,6 +156,9 @@ class BatchDataset(Dataset):
             batch["grid"], mask = s.grids.read(unique)
             if mask is not None:
                 batch["grid_mask"] = mask
+            boxes = s.grids.read_boxes(unique)
+            if boxes is not None:
+                batch["grid_boxes"] = boxes
         elif s.images is not None:
             batch["pixels"] = s.images.pixels(unique)
         if s.target_index is not None:

@@ -44,8 +44,9 @@ def model_inputs(model: VQAModel, batch: dict[str, torch.Tensor], device: torch.
     inputs = {"tokens": batch["tokens"].to(device, non_blocking=True), "image_index": image_index}
     if "grid" in batch:
         inputs["grid"] = batch["grid"].to(device, non_blocking=True)
-        if "grid_mask" in batch:  # (U, ...) -> one mask per question (B, ...)
-            inputs["grid_mask"] = batch["grid_mask"].to(device, non_blocking=True)[image_index]
+        for name in ("grid_mask", "grid_boxes"):  # (U, ...) -> one per question (B, ...)
+            if name in batch:
+                inputs[name] = batch[name].to(device, non_blocking=True)[image_index]
     elif "pixels" in batch:
         inputs["images"] = normalize(batch["pixels"].to(device, non_blocking=True))
     return inputs  # neither: a model that does not read images
@@ -90,6 +91,12 @@ def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: Answe
                 f"split {split.name}: the feature stores hold {grids.channels}-channel grids, "
                 f"the model reads {model.net.grid_channels} channels"
             )
+        store = grids.stores[0]
+        if store.layout == "regions" and not store.has_boxes and model.net.places_regions:
+            raise LrcnError(
+                f"split {split.name}: feature store {store.path} is a region list without "
+                "boxes, and model.position / model.distance_bias need to know where each "
+                "region is; import the features from files with boxes, or turn those off")
         encoded.grids = grids
     elif uses_frozen_encoder(model):
         encoded.grids = InMemoryGrids(precompute_grids(model, encoded.images, device))

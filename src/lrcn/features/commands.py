@@ -79,8 +79,9 @@ def run_features(args: argparse.Namespace) -> dict[str, Any]:
             store.verify()
             log.info("%s: every file matches its sha256", store.path)
     with store:
-        log.info("%s: %d items, %s %s %s%s", store.path, store.count, store.layout,
-                 tuple(store.item_shape), store.dtype, ", with mask" if store.has_mask else "")
+        log.info("%s: %d items, %s %s %s%s%s", store.path, store.count, store.layout,
+                 tuple(store.item_shape), store.dtype, ", with mask" if store.has_mask else "",
+                 ", with boxes" if store.has_boxes else "")
         return {
             "action": action,
             "store": str(store.path),
@@ -89,6 +90,7 @@ def run_features(args: argparse.Namespace) -> dict[str, Any]:
             "item_shape": list(store.item_shape),
             "dtype": store.dtype,
             "has_mask": store.has_mask,
+            "has_boxes": store.has_boxes,
             "source": store.source,
             "verified": action == "verify",
             "seconds": round(time.perf_counter() - started, 3),

@@ -10,7 +10,10 @@ openvqa    .npz       ``x`` (C, R) or (R, C) bottom-up regions (openvqa)      re
 
 A file's key is its path under the source folder, without the format's extension:
 ``train2014/COCO_train2014_000000000009.jpg.npy`` -> ``train2014/COCO_train2014_000000000009.jpg``.
-Items of different sizes are zero-padded to the largest and the store gets a mask.
+Items of different sizes are zero-padded to the largest and the store gets a mask. openvqa
+files that carry ``bbox`` (R, 4) pixel boxes with ``image_h`` and ``image_w`` give the store
+their boxes as fractions of the image size (``boxes.npy``), so that a model can tell where
+each region is (``model.position``, ``model.distance_bias``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class PublishedFormat:
         pads: whether items may differ in size (padded, with a mask) or must all match.
         shape: (path, channels) -> item shape, reading as little of the file as possible.
         load: (path, channels) -> the item as an array in store layout ((H, W, C) or (R, C)).
+        has_boxes: path -> whether the file carries region boxes (cheaply); None: never.
+        boxes: (path, regions) -> (R, 4) boxes (x0, y0, x1, y1), fractions of the image size.
     """
 
     extension: str
@@ -51,6 +56,8 @@ class PublishedFormat:
     pads: bool
     shape: Callable[[Path, int], tuple[int, ...]]
     load: Callable[[Path, int], np.ndarray]
+    has_boxes: Callable[[Path], bool] | None = None
+    boxes: Callable[[Path, int], np.ndarray] | None = None
 
 
 def _check_float(path: Path, dtype: np.dtype | torch.dtype) -> None:
@@ -168,12 +175,55 @@ def _openvqa_load(path: Path, channels: int) -> np.ndarray:
     return x.T if _regions_transposed(path, x.shape, channels) else x
 
 
+OPENVQA_BOX_ARRAYS = ("bbox", "image_h", "image_w")
+BOX_TOLERANCE = 0.01  # boxes may overshoot the image by this fraction (then clipped to it)
+
+
+def _openvqa_has_boxes(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {n.removesuffix(".npy") for n in archive.namelist()}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise LrcnError(f"{path}: cannot read as a .npz archive ({exc})") from None
+    present = [n for n in OPENVQA_BOX_ARRAYS if n in names]
+    if present and len(present) != len(OPENVQA_BOX_ARRAYS):
+        missing = ", ".join(n for n in OPENVQA_BOX_ARRAYS if n not in names)
+        raise LrcnError(f"{path}: has {', '.join(present)} but not {missing}; region boxes "
+                        f"need all of {', '.join(OPENVQA_BOX_ARRAYS)}")
+    return bool(present)
+
+
+def _openvqa_boxes(path: Path, regions: int) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            bbox = np.asarray(archive["bbox"], dtype=np.float64)
+            height, width = (np.asarray(archive[n]) for n in ("image_h", "image_w"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise LrcnError(f"{path}: cannot read its boxes ({type(exc).__name__}: {exc})") from None
+    if height.size != 1 or width.size != 1 or not (float(height) > 0 and float(width) > 0):
+        raise LrcnError(f"{path}: image_h and image_w must be positive numbers, got "
+                        f"{height.tolist()} and {width.tolist()}")
+    if bbox.shape != (regions, 4):
+        raise LrcnError(f"{path}: bbox has shape {bbox.shape}, expected ({regions}, 4): one "
+                        "box (x0, y0, x1, y1) per region of x")
+    boxes = bbox / np.array([float(width), float(height)] * 2)
+    bad = ~np.isfinite(boxes).all(1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    bad |= ((boxes < -BOX_TOLERANCE) | (boxes > 1 + BOX_TOLERANCE)).any(1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LrcnError(f"{path}: box {i} {bbox[i].tolist()} is not (x0, y0, x1, y1) with "
+                        f"x0 <= x1, y0 <= y1 inside the {float(width):g} x {float(height):g} "
+                        "image")
+    return np.clip(boxes, 0.0, 1.0).astype(np.float32)
+
+
 FORMATS: dict[str, PublishedFormat] = {
     "trar": PublishedFormat(".npy", "grid", pads=False, shape=_trar_shape, load=_trar_load),
     "gridfeats": PublishedFormat(".pth", "grid", pads=True, shape=_gridfeats_shape,
                                  load=_gridfeats_load),
     "openvqa": PublishedFormat(".npz", "regions", pads=True, shape=_openvqa_shape,
-                               load=_openvqa_load),
+                               load=_openvqa_load, has_boxes=_openvqa_has_boxes,
+                               boxes=_openvqa_boxes),
 }
 
 
@@ -201,6 +251,20 @@ def _cast_checked(array: np.ndarray, dtype: str, path: Path) -> np.ndarray:
         raise LrcnError(f"{path}: values up to {float(np.abs(array).max()):.6g} overflow {dtype} "
                         f"(largest finite {float(np.finfo(dtype).max):.6g}); import with --dtype float32")
     return cast
+
+
+def _all_or_no_boxes(spec: PublishedFormat, files: list[tuple[str, Path]]) -> bool:
+    """Whether the files carry region boxes: all of them, or none (LrcnError naming a file
+    without boxes when others have them: a store's regions are placed all alike)."""
+    if spec.has_boxes is None:
+        return False
+    has = [spec.has_boxes(path) for _, path in files]
+    if any(has) and not all(has):
+        without = files[has.index(False)][1]
+        with_ = files[has.index(True)][1]
+        raise LrcnError(f"{without}: has no region boxes, but {with_} and {sum(has) - 1} more "
+                        "files do; give every file its boxes, or none")
+    return all(has)
 
 
 def import_features(
@@ -242,12 +306,13 @@ def import_features(
                         f"every {fmt} file must have the same shape")
     item_shape = tuple(max(s[d] for s in shapes) for d in range(len(shapes[0])))
     with_mask = len(set(shapes)) > 1
-    log.info("%s: %d files, item shape %s%s", src, len(files), item_shape,
-             " (padded, with mask)" if with_mask else "")
+    with_boxes = _all_or_no_boxes(spec, files)
+    log.info("%s: %d files, item shape %s%s%s", src, len(files), item_shape,
+             " (padded, with mask)" if with_mask else "", ", with boxes" if with_boxes else "")
 
     source = {"format": fmt, "src": str(src.resolve()), "channels": channels}
     writer = StoreWriter(out, len(files), item_shape, dtype, spec.layout, with_mask,
-                         [key for key, _ in files], source)
+                         [key for key, _ in files], source, with_boxes=with_boxes)
     try:
         row_bytes = math.prod(item_shape) * np.dtype(dtype).itemsize
         chunk = max(1, _CHUNK_BYTES // row_bytes)
@@ -256,6 +321,7 @@ def import_features(
             part = files[start:start + chunk]
             block = np.zeros((len(part), *item_shape), dtype=dtype)  # zeros = the padding
             mask = np.zeros((len(part), *item_shape[:-1]), dtype=bool) if with_mask else None
+            boxes = np.zeros((len(part), item_shape[0], 4), np.float32) if with_boxes else None
             for j, (_, path) in enumerate(part):
                 array = spec.load(path, channels)
                 if array.shape != shapes[start + j]:  # the file changed between the passes
@@ -264,7 +330,9 @@ def import_features(
                 block[(j, *cells)] = _cast_checked(array, dtype, path)
                 if mask is not None:
                     mask[(j, *cells)] = True
-            writer.write(start, block, mask)
+                if boxes is not None:
+                    boxes[j, :len(array)] = spec.boxes(path, len(array))
+            writer.write(start, block, mask, boxes)
             bar.update(len(part))
         bar.close()
         return writer.finish()

@@ -17,7 +17,8 @@ from lrcn.features.store import FeatureStore
 
 
 def open_stores(paths: Sequence[str | Path]) -> list[FeatureStore]:
-    """Open feature stores that can serve one model: same layout and item shape."""
+    """Open feature stores that can serve one model: same layout and item shape, and all with
+    region boxes or none."""
     if not paths:
         raise LrcnError("no feature store given (data.features / --features STORE)")
     stores = [FeatureStore.open(p) for p in paths]
@@ -28,6 +29,12 @@ def open_stores(paths: Sequence[str | Path]) -> list[FeatureStore]:
                 f"feature stores {first.path} and {store.path} do not match: "
                 f"{first.layout} {tuple(first.item_shape)} vs {store.layout} "
                 f"{tuple(store.item_shape)}; one model reads one kind of grid"
+            )
+        if store.has_boxes != first.has_boxes:
+            with_, without = (first, store) if first.has_boxes else (store, first)
+            raise LrcnError(
+                f"feature store {with_.path} has region boxes and {without.path} has none; "
+                "one model places all its regions alike (import both from files with boxes)"
             )
     return stores
 
@@ -83,3 +90,16 @@ class StoreGrids:
                 if part_mask is not None:
                     mask[at] = part_mask
         return grid, mask if self.masked else None
+
+    def read_boxes(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Region boxes (U, R, 4) of the image rows, or None when the stores have none."""
+        if not self.stores[0].has_boxes:  # open_stores: all have boxes, or none
+            return None
+        rows_np = rows.numpy()
+        store_of, row_in_store = self.store_of[rows_np], self.row_in_store[rows_np]
+        boxes = torch.zeros(len(rows_np), self.item_shape[0], 4)
+        for j, store in enumerate(self.stores):
+            (at,) = np.nonzero(store_of == j)
+            if len(at):
+                boxes[at] = store.read_boxes(row_in_store[at])
+        return boxes

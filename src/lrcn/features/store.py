@@ -5,9 +5,12 @@ Layout of a store folder::
     features.npy   (N, *item_shape) float16 or float32; item_shape is (H, W, C) for layout
                    "grid" or (R, C) for layout "regions"
     mask.npy       (N, *item_shape[:-1]) bool, True = a real cell/region (only when padded)
+    boxes.npy      (N, R, 4) float32, each region's box (x0, y0, x1, y1) as fractions of its
+                   image's width and height (layout "regions" only, when the source has boxes)
     keys.json      the N image keys in row order, unique
-    meta.json      format version, count, layout, item_shape, dtype, has_mask, source (what made
-                   the store) and the sha256 of every file above; written last
+    meta.json      format version, count, layout, item_shape, dtype, has_mask, has_boxes (absent
+                   in stores made before boxes: false), source (what made the store) and the
+                   sha256 of every file above; written last
 
 A store is built in the sibling folder ``STORE.partial`` and renamed to ``STORE`` only once
 complete, so a folder named ``STORE`` is never half-written. Opening checks sizes and shapes
@@ -35,6 +38,7 @@ from lrcn.fileio import atomic_write
 from lrcn.errors import LrcnError
 
 FORMAT_VERSION = 1
+BOX_COORDS = 4  # x0, y0, x1, y1
 LAYOUTS = {"grid": 3, "regions": 2}  # layout -> len(item_shape)
 DTYPES = ("float16", "float32")
 STEM_EXTENSIONS = (".npy", ".npz", ".pth", ".pt", ".jpg", ".jpeg", ".png")
@@ -157,16 +161,23 @@ def _check_meta(meta: Any, path: Path) -> None:
                         f"integers, as layout {meta['layout']!r} needs")
     if meta["dtype"] not in DTYPES:
         raise LrcnError(f"{path}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}")
+    has_boxes = meta.get("has_boxes", False)
+    if not isinstance(has_boxes, bool):
+        raise LrcnError(f"{path}: field 'has_boxes' must be bool, got {has_boxes!r}")
+    if has_boxes and meta["layout"] != "regions":
+        raise LrcnError(f"{path}: has_boxes is true for layout {meta['layout']!r}; only region "
+                        "stores have boxes")
     checksum = meta["checksum"]
     if checksum.get("algorithm") != "sha256":
         raise LrcnError(f"{path}: checksum.algorithm must be 'sha256', got {checksum.get('algorithm')!r}")
-    for name in ("features", "keys", "mask"):
-        expect_hex = name != "mask" or meta["has_mask"]
+    optional = {"mask": meta["has_mask"], "boxes": has_boxes}
+    for name in ("features", "keys", "mask", "boxes"):
+        expect_hex = optional.get(name, True)
         value = checksum.get(name)
         if expect_hex and not (isinstance(value, str) and len(value) == 64):
             raise LrcnError(f"{path}: checksum.{name} must be a sha256 hex digest, got {value!r}")
         if not expect_hex and value is not None:
-            raise LrcnError(f"{path}: checksum.mask must be null when has_mask is false")
+            raise LrcnError(f"{path}: checksum.{name} must be null when has_{name} is false")
 
 
 def _read_json(path: Path, when_missing: str) -> Any:
@@ -231,12 +242,16 @@ class FeatureStore:
         self.item_shape: tuple[int, ...] = tuple(meta["item_shape"])
         self.dtype: str = meta["dtype"]
         self.has_mask: bool = meta["has_mask"]
+        self.has_boxes: bool = meta.get("has_boxes", False)
 
         shape = (self.count, *self.item_shape)
         self._features_offset = check_npy(self.path / "features.npy", shape, np.dtype(self.dtype))
-        self._mask_offset = None
+        self._mask_offset = self._boxes_offset = None
         if self.has_mask:
             self._mask_offset = check_npy(self.path / "mask.npy", shape[:-1], np.dtype(bool))
+        if self.has_boxes:
+            self._boxes_offset = check_npy(self.path / "boxes.npy", (*shape[:-1], BOX_COORDS),
+                                           np.dtype(np.float32))
 
         keys_path = self.path / "keys.json"
         keys = _read_json(keys_path, "missing from the feature store")
@@ -258,6 +273,7 @@ class FeatureStore:
                 self._id_row[int(stem)] = -1 if int(stem) in self._id_row else row
         self._features: _MappedArray | None = None  # mapped on first read
         self._mask: _MappedArray | None = None
+        self._boxes: _MappedArray | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
@@ -280,7 +296,8 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return (f"FeatureStore({str(self.path)!r}, count={self.count}, layout={self.layout!r}, "
-                f"item_shape={self.item_shape}, dtype={self.dtype!r}, has_mask={self.has_mask})")
+                f"item_shape={self.item_shape}, dtype={self.dtype!r}, has_mask={self.has_mask}, "
+                f"has_boxes={self.has_boxes})")
 
     # ----------------------------------------------------------------------- keys
 
@@ -317,12 +334,8 @@ class FeatureStore:
 
     # ----------------------------------------------------------------------- rows
 
-    def read(self, rows: Sequence[int] | np.ndarray | torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Features (B, *item_shape) float32 and mask (B, *item_shape[:-1]) bool or None.
-
-        Rows come back in the order asked, repeats included. Without a mask every cell is real.
-        """
+    def _checked_rows(self, rows: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        """`rows` as int64 row numbers; LrcnError if not 1-D or out of range."""
         if isinstance(rows, torch.Tensor):
             rows = rows.cpu().numpy()
         rows = np.asarray(rows, dtype=np.int64)
@@ -331,6 +344,15 @@ class FeatureStore:
         if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
             bad = rows[(rows < 0) | (rows >= self.count)][0]
             raise LrcnError(f"{self.path}: row {bad} out of range for {self.count} items")
+        return rows
+
+    def read(self, rows: Sequence[int] | np.ndarray | torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features (B, *item_shape) float32 and mask (B, *item_shape[:-1]) bool or None.
+
+        Rows come back in the order asked, repeats included. Without a mask every cell is real.
+        """
+        rows = self._checked_rows(rows)
         if self._features is None:
             shape = (self.count, *self.item_shape)
             self._features = _MappedArray(self.path / "features.npy", shape,
@@ -342,10 +364,21 @@ class FeatureStore:
         mask = torch.from_numpy(self._mask.take(rows)) if self._mask is not None else None
         return features, mask
 
+    def read_boxes(self, rows: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor | None:
+        """Boxes (B, R, 4) float32 of the rows' regions (``boxes.npy``), or None without boxes."""
+        if not self.has_boxes:
+            return None
+        rows = self._checked_rows(rows)
+        if self._boxes is None:
+            self._boxes = _MappedArray(self.path / "boxes.npy", (self.count, self.item_shape[0],
+                                       BOX_COORDS), np.dtype(np.float32), self._boxes_offset)
+        return torch.from_numpy(self._boxes.take(rows))
+
     def verify(self) -> None:
         """Hash every file against meta.json; LrcnError naming the first file that differs."""
         files = {"features": self.path / "features.npy", "keys": self.path / "keys.json",
-                 "mask": self.path / "mask.npy" if self.has_mask else None}
+                 "mask": self.path / "mask.npy" if self.has_mask else None,
+                 "boxes": self.path / "boxes.npy" if self.has_boxes else None}
         actual = _hash_files(files)
         for name, path in files.items():
             if path is not None and actual[name] != self.meta["checksum"][name]:
@@ -357,10 +390,10 @@ class FeatureStore:
     # ----------------------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        for mapped in (self._features, self._mask):
+        for mapped in (self._features, self._mask, self._boxes):
             if mapped is not None:
                 mapped.close()
-        self._features = self._mask = None
+        self._features = self._mask = self._boxes = None
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -402,6 +435,7 @@ class StoreWriter:
         keys: the N unique image keys, in row order.
         source: what made the store, saved in meta.json (JSON-safe).
         resume: reopen ``out``.partial instead of creating it.
+        with_boxes: write boxes.npy (layout "regions" only); ``write`` sets each row's boxes.
     """
 
     def __init__(
@@ -415,6 +449,7 @@ class StoreWriter:
         keys: Sequence[str],
         source: dict[str, Any],
         resume: bool = False,
+        with_boxes: bool = False,
     ) -> None:
         self.out = Path(out)
         self.partial = partial_path(self.out)
@@ -423,12 +458,15 @@ class StoreWriter:
         self.dtype = dtype
         self.layout = layout
         self.with_mask = with_mask
+        self.with_boxes = with_boxes
         self.keys = list(keys)
         self.source = source
         if dtype not in DTYPES:
             raise LrcnError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if layout not in LAYOUTS or len(self.item_shape) != LAYOUTS[layout]:
             raise ValueError(f"layout {layout!r} does not fit item_shape {self.item_shape}")
+        if with_boxes and layout != "regions":
+            raise ValueError(f"boxes are for layout 'regions', not {layout!r}")
         if count < 1 or len(self.keys) != count:
             raise ValueError(f"count {count} must be positive and match the {len(self.keys)} keys")
         seen: set[str] = set()
@@ -443,6 +481,9 @@ class StoreWriter:
         self._files = {"features": (self.partial / "features.npy", shape, np.dtype(dtype))}
         if with_mask:
             self._files["mask"] = (self.partial / "mask.npy", shape[:-1], np.dtype(bool))
+        if with_boxes:
+            self._files["boxes"] = (self.partial / "boxes.npy", (*shape[:-1], BOX_COORDS),
+                                    np.dtype(np.float32))
         self._fds: dict[str, int] = {}
         self._offsets: dict[str, int] = {}
         if resume:
@@ -467,10 +508,12 @@ class StoreWriter:
                 shutil.rmtree(self.partial, ignore_errors=True)
             raise
 
-    def write(self, start: int, features: np.ndarray, mask: np.ndarray | None = None) -> None:
+    def write(self, start: int, features: np.ndarray, mask: np.ndarray | None = None,
+              boxes: np.ndarray | None = None) -> None:
         """Write rows ``start .. start + len(features)``, cast to the store dtype.
 
-        `mask` (B, *item_shape[:-1]) bool is required exactly when the store has a mask.
+        `mask` (B, *item_shape[:-1]) bool is required exactly when the store has a mask,
+        `boxes` (B, R, 4) exactly when it has boxes.
         """
         n = len(features)
         if tuple(features.shape[1:]) != self.item_shape or not 0 <= start <= self.count - n:
@@ -478,6 +521,8 @@ class StoreWriter:
                              f"fit a store of {self.count} x {self.item_shape}")
         if (mask is not None) != self.with_mask:
             raise ValueError("a mask is required exactly when the store has one")
+        if (boxes is not None) != self.with_boxes:
+            raise ValueError("boxes are required exactly when the store has them")
         _, _, dtype = self._files["features"]
         row_bytes = math.prod(self.item_shape) * dtype.itemsize
         _pwrite_all(self._fds["features"], features.astype(dtype, copy=False),
@@ -488,6 +533,12 @@ class StoreWriter:
             cells = math.prod(self.item_shape[:-1])
             _pwrite_all(self._fds["mask"], mask.astype(bool, copy=False),
                         self._offsets["mask"] + start * cells)
+        if boxes is not None:
+            if tuple(boxes.shape) != (n, self.item_shape[0], BOX_COORDS):
+                raise ValueError(f"boxes shape {boxes.shape} does not fit features {features.shape}")
+            row_bytes = self.item_shape[0] * BOX_COORDS * 4
+            _pwrite_all(self._fds["boxes"], boxes.astype(np.float32, copy=False),
+                        self._offsets["boxes"] + start * row_bytes)
 
     def flush(self) -> None:
         """Make every row written so far durable (before recording progress)."""
@@ -503,10 +554,12 @@ class StoreWriter:
         checksum = {"algorithm": "sha256",
                     **_hash_files({"features": self._files["features"][0],
                                    "mask": self._files["mask"][0] if self.with_mask else None,
+                                   "boxes": self._files["boxes"][0] if self.with_boxes else None,
                                    "keys": keys_path})}
         meta = {"format_version": FORMAT_VERSION, "count": self.count, "layout": self.layout,
                 "item_shape": list(self.item_shape), "dtype": self.dtype,
-                "has_mask": self.with_mask, "source": self.source, "checksum": checksum}
+                "has_mask": self.with_mask, "has_boxes": self.with_boxes, "source": self.source,
+                "checksum": checksum}
         atomic_write(self.partial / "meta.json",
                      lambda f: f.write(json.dumps(meta, indent=2).encode()))
         for name in ("keys.json", "meta.json"):  # atomic_write's temp files are owner-only

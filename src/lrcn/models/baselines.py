@@ -22,6 +22,7 @@ zeroed and left out of the mean. Neither can change the output.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -32,7 +33,9 @@ from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
 from lrcn.models.layers import AttentionPool, word_embedding
 from lrcn.models.lrcn import LRCNOutput
-from lrcn.models.position import GridPosition
+from lrcn.models.position import GridPosition, region_centres
+
+log = logging.getLogger(__name__)
 
 
 class QuestionEncoder(nn.Module):
@@ -99,12 +102,14 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Linear(grid_channels + self.position.extra_channels, d_model)
 
     def forward(
-        self, grid: torch.Tensor, grid_mask: torch.Tensor | None = None
+        self, grid: torch.Tensor, grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid (B, H, W, C) or (B, N, C), mask (B, N) or (B, H, W) -> (B, D) and weights (B, N).
 
         The weights are the mean's: 1 / (valid cells) on each valid cell, 0 on masked ones. A
-        grid with no valid cell pools to zeros.
+        grid with no valid cell pools to zeros. A region list's places come from its boxes
+        ``grid_boxes`` (B, N, 4) (`lrcn.models.position.region_centres`).
         """
         C = self.grid_channels
         if grid.dim() not in (3, 4) or grid.shape[-1] != C:
@@ -128,10 +133,10 @@ class ImageEncoder(nn.Module):
             grid = grid.reshape(B, N, C).masked_fill(~mask.unsqueeze(-1), 0.0)  # even inf/NaN
             pooled = torch.bmm(weights.unsqueeze(1), grid).squeeze(1)  # (B, 1, N) @ (B, N, C)
             return F.relu(self.proj(pooled)), weights  # (B, D), (B, N)
-        H, W = self.position.spatial_size(grid)
-        grid = grid.masked_fill(~mask.reshape(B, H, W, 1), 0.0)
-        cells = self.position.append(grid).reshape(B, N, -1)  # (B, N, C [+ 2])
-        cells = F.relu(self.position.add(self.proj(cells), H, W))  # (B, N, D)
+        centres, size = region_centres(grid, grid_boxes, "model.position")
+        cells = grid.reshape(B, N, C).masked_fill(~mask.unsqueeze(-1), 0.0)
+        cells = self.position.append(cells, centres)  # (B, N, C [+ 2])
+        cells = F.relu(self.position.add(self.proj(cells), centres, size))  # (B, N, D)
         return torch.bmm(weights.unsqueeze(1), cells).squeeze(1), weights  # (B, D), (B, N)
 
 
@@ -161,6 +166,9 @@ class LateFusion(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(cfg)
+        if cfg.distance_bias:  # said, not refused: the own-data preset sets it for every model
+            log.info("model.distance_bias does not apply to %s: it has no attention between "
+                     "image regions", cfg.arch)
         self.grid_channels = grid_channels
         self.fused_dim = cfg.fused_dim
         D = cfg.d_model
@@ -180,11 +188,17 @@ class LateFusion(nn.Module):
         )
         self.head = nn.Linear(cfg.fused_dim, num_answers)
 
+    @property
+    def places_regions(self) -> bool:
+        """Whether the model needs to know where image regions are (a region list's boxes)."""
+        return self.image is not None and self.image.position.kind != "none"
+
     def forward_features(
         self,
         tokens: torch.Tensor,
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> LRCNOutput:
         """Fused vectors (B, fused_dim) and pooling weights for questions (B, T) about grids.
 
@@ -193,6 +207,7 @@ class LateFusion(nn.Module):
                 not use the question).
             grid: (B, H, W, C) or (B, N, C); may be None when the model does not use the image.
             grid_mask: (B, N) or (B, H, W), True = valid cell; None means all valid.
+            grid_boxes: (B, N, 4) boxes of a region list's regions (as LRCN takes them).
 
         Returns:
             An ``LRCNOutput``; the weights of a modality the model does not use are (B, 0).
@@ -205,7 +220,7 @@ class LateFusion(nn.Module):
                 raise LrcnError(f"{type(self).__name__} reads the image: pass a grid")
             if grid.shape[0] != B:
                 raise LrcnError(f"{grid.shape[0]} image grids for {B} questions")
-            v, image_weights = self.image(grid, grid_mask)  # (B, D), (B, N)
+            v, image_weights = self.image(grid, grid_mask, grid_boxes)  # (B, D), (B, N)
             parts.append(v)
         if self.question is not None:
             q, question_weights = self.question(tokens)  # (B, D), (B, T)
@@ -227,9 +242,10 @@ class LateFusion(nn.Module):
         tokens: torch.Tensor,
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Answer logits (B, K) for questions (B, T) about grids (B, H, W, C) or (B, N, C)."""
-        return self.forward_head(self.forward_features(tokens, grid, grid_mask).fused)
+        return self.forward_head(self.forward_features(tokens, grid, grid_mask, grid_boxes).fused)
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         """Parameter count, without the word embedding by default (as LRCN reports it)."""
@@ -272,7 +288,3 @@ def _check_config(cfg: ModelConfig) -> None:
         )
     if not 0.0 <= cfg.dropout < 1.0:
         raise LrcnError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
-    if cfg.distance_bias:
-        raise LrcnError(
-            f"model.distance_bias biases attention between image regions; model.arch "
-            f"{cfg.arch} has none (use model.position for where each cell is)")

@@ -29,7 +29,7 @@ from lrcn.models.layers import (
     MultiHeadAttention,
     word_embedding,
 )
-from lrcn.models.position import DistanceBias, GridPosition, cell_distances
+from lrcn.models.position import DistanceBias, GridPosition, region_centres
 
 VARIANTS = ("ed", "st", "cst")
 LRM_PLACEMENTS = ("none", "sa", "ga", "both")
@@ -91,15 +91,15 @@ class ImageSGA(nn.Module):
         y_mask: KeyMask | torch.Tensor | None,
         prev_s: torch.Tensor,
         prev_g: torch.Tensor,
-        distances: torch.Tensor | None = None,
+        centres: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns x_l, s_l, g_l; s_l and g_l are the next layer's prev_s and prev_g.
-        ``distances`` (N, N) between the cells of x: needed with ``distance_bias``."""
+        ``centres`` (1 or B, N, 2) of x's regions: needed with ``distance_bias``."""
         bias = None
         if self.distance_bias is not None:
-            if distances is None:
-                raise LrcnError("model.distance_bias needs the distances between grid cells")
-            bias = self.distance_bias(distances)  # (1, heads, N, N)
+            if centres is None:
+                raise LrcnError("model.distance_bias needs the centres of the image regions")
+            bias = self.distance_bias(centres)  # (1 or B, heads, N, N)
         s = x + self.dropout(self.self_attn(x, key_mask=x_mask, score_bias=bias))
         if self.lrm_sa:
             s = s + prev_s
@@ -227,6 +227,11 @@ class LRCN(nn.Module):
         self.fuse_norm = nn.LayerNorm(cfg.fused_dim)
         self.head = nn.Linear(cfg.fused_dim, num_answers)
 
+    @property
+    def places_regions(self) -> bool:
+        """Whether the model needs to know where image regions are (a region list's boxes)."""
+        return self.position.kind != "none" or self.distance_bias
+
     def encode_question(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, T), pad 0, right-padded -> Y (B, T, D) and its mask (B, T)."""
         if tokens.dim() != 2:
@@ -235,12 +240,16 @@ class LRCN(nn.Module):
         return y, tokens != 0
 
     def encode_grid(
-        self, grid: torch.Tensor, grid_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Grid (B, H, W, C) or (B, N, C) -> X (B, N', D) and its mask (B, N') or None.
+        self, grid: torch.Tensor, grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Grid (B, H, W, C) or (B, N, C) -> X (B, N', D), its mask (B, N') or None, and the
+        regions' centres (1 or B, N', 2) when ``model.position`` or ``model.distance_bias``
+        needs them (else None).
 
         With a reduction, H and W are zero-padded to even sizes and halved; masked input cells
-        are zeroed first, and a reduced cell is valid if any of its input cells is valid.
+        are zeroed first, and a reduced cell is valid if any of its input cells is valid. A
+        region list takes its regions' places from ``grid_boxes`` (B, N, 4) (`region_centres`).
         """
         if grid.dim() not in (3, 4) or grid.shape[-1] != self.grid_channels:
             raise LrcnError(
@@ -274,31 +283,16 @@ class LRCN(nn.Module):
                 m = F.pad(grid_mask.unsqueeze(1).to(g.dtype), pad)  # (B, 1, H', W')
                 grid_mask = F.max_pool2d(m, 2).squeeze(1) > 0  # (B, H'/2, W'/2)
 
-        if self.position.kind != "none":
-            spatial = self.position.spatial_size(grid)  # (H, W) after any reduction
-            grid = self.position.append(grid)  # (B, H, W, C + 2) with coords
+        centres = size = None
+        if self.position.kind != "none" or self.distance_bias:
+            option = "model.position" if self.position.kind != "none" else "model.distance_bias"
+            centres, size = region_centres(grid, grid_boxes, option)  # after any reduction
         grid = grid.reshape(B, -1, grid.shape[-1])  # (B, N, C)
         if grid_mask is not None:
             grid_mask = grid_mask.reshape(B, -1)  # (B, N)
-        x = self.image_proj(grid)  # (B, N, D)
-        if self.position.kind != "none":
-            x = self.position.add(x, *spatial)
-        return x, grid_mask
-
-    def grid_distances(self, grid: torch.Tensor) -> torch.Tensor | None:
-        """(N, N) distances between the cells ``encode_grid`` makes of ``grid`` (B, H, W, C),
-        for ``model.distance_bias``; None when that is off."""
-        if not self.distance_bias:
-            return None
-        if grid.dim() != 4:
-            raise LrcnError(
-                "model.distance_bias needs a spatial grid (batch, H, W, C) to know how far "
-                f"apart regions are, got shape {tuple(grid.shape)} (a region list); use "
-                "model.distance_bias: false for region lists")
-        H, W = grid.shape[1], grid.shape[2]
-        if self.reduce is not None:  # zero-padded to even sizes, then halved
-            H, W = (H + 1) // 2, (W + 1) // 2
-        return cell_distances(H, W, grid.device)
+        x = self.image_proj(self.position.append(grid, centres))  # (B, N, D); C [+ 2] -> D
+        x = self.position.add(x, centres, size)
+        return x, grid_mask, centres
 
     def co_attend(
         self,
@@ -306,22 +300,22 @@ class LRCN(nn.Module):
         y: torch.Tensor,
         x_mask: KeyMask | torch.Tensor | None,
         y_mask: KeyMask | torch.Tensor,
-        distances: torch.Tensor | None = None,
+        centres: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y.
-        ``distances`` (N, N) between X's cells: for ``model.distance_bias`` (`grid_distances`)."""
+        ``centres`` (1 or B, N, 2) of X's regions: for ``model.distance_bias``."""
         s = g = x  # s_0 = g_0 = x_0 (PrevRe(0) = X)
         if self.variant == "ed":
             # encoder-decoder: all question blocks, then every image layer guided by the final y
             for q_block in self.question_blocks:
                 y = q_block(y, y_mask)
             for layer in self.image_layers:
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, distances)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres)
         elif self.variant == "st":
             # pure stacking: question block l, then image layer l guided by the question of layer l
             for q_block, layer in zip(self.question_blocks, self.image_layers):
                 y = q_block(y, y_mask)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, distances)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres)
         else:
             # co-stacking: question block l, the question attends to the image of layer l-1,
             # then image layer l guided by the updated question
@@ -331,7 +325,7 @@ class LRCN(nn.Module):
             ):
                 y = q_block(y, y_mask)
                 y, q = q_guided(y, x, x_mask, q)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, distances)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres)
         return x, y
 
     def forward_features(
@@ -339,6 +333,7 @@ class LRCN(nn.Module):
         tokens: torch.Tensor,
         grid: torch.Tensor,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> LRCNOutput:
         """Questions (B, T) and grids (B, H, W, C) or (B, N, C) -> fused vector and pooling weights.
 
@@ -347,11 +342,14 @@ class LRCN(nn.Module):
             grid: image grid features; ``conv``/``avgpool`` reduction needs (B, H, W, C).
             grid_mask: (B, N) or (B, H, W), True = valid region, at the input resolution;
                 None means all regions are valid.
+            grid_boxes: (B, N, 4) boxes (x0, y0, x1, y1) of a region list's regions, as
+                fractions of the image's width and height; where they are for
+                ``model.position`` and ``model.distance_bias``. None for grids.
         """
         y, y_valid = self.encode_question(tokens)
-        x, x_valid = self.encode_grid(grid, grid_mask)
+        x, x_valid, centres = self.encode_grid(grid, grid_mask, grid_boxes)
         y_mask, x_mask = KeyMask.of(y_valid), KeyMask.of(x_valid)  # built once, used by every layer
-        x, y = self.co_attend(x, y, x_mask, y_mask, self.grid_distances(grid))
+        x, y = self.co_attend(x, y, x_mask, y_mask, centres)
         x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
         y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)
         fused = self.fuse_norm(self.fuse_image(x_pooled) + self.fuse_question(y_pooled))
@@ -366,9 +364,10 @@ class LRCN(nn.Module):
         tokens: torch.Tensor,
         grid: torch.Tensor,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Answer logits (B, K) for questions (B, T) about grids (B, H, W, C) or (B, N, C)."""
-        return self.forward_head(self.forward_features(tokens, grid, grid_mask).fused)
+        return self.forward_head(self.forward_features(tokens, grid, grid_mask, grid_boxes).fused)
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         """Parameter count; the paper reports it without the word embedding."""

@@ -50,10 +50,19 @@ class PlainAttention(nn.Module):
             self.mha.out_proj.bias.copy_(fast.out_proj.bias)
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None,
-                key_mask: torch.Tensor | KeyMask | None = None) -> torch.Tensor:
+                key_mask: torch.Tensor | KeyMask | None = None,
+                score_bias: torch.Tensor | None = None) -> torch.Tensor:
         kv = query if key_value is None else key_value
         valid = _valid(key_mask)
-        out, _ = self.mha(query, kv, kv, key_padding_mask=None if valid is None else ~valid)
+        padding = None if valid is None else ~valid
+        attn_mask = None
+        if score_bias is not None:  # (1 or B, heads, T, S) -> (B * heads, T, S), as mha takes it
+            (B, T), S = query.shape[:2], kv.shape[1]
+            attn_mask = score_bias.expand(B, -1, T, S).reshape(-1, T, S).to(query.dtype)
+            if padding is not None:  # both masks float, as nn.MultiheadAttention wants them
+                padding = torch.zeros(padding.shape, dtype=query.dtype,
+                                      device=query.device).masked_fill(padding, float("-inf"))
+        out, _ = self.mha(query, kv, kv, key_padding_mask=padding, attn_mask=attn_mask)
         return out
 
 

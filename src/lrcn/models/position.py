@@ -16,15 +16,17 @@ where each cell was. ``model.position`` gives it back (``POSITIONS``):
 
 Centres are computed from the grid's own H x W, so any size works (they are in units of the
 image, not of cells). Masked cells get a position like any other and stay masked as keys.
-A region list (B, N, C) carries no geometry, so it cannot take a position encoding.
+A region list (B, N, C) has no geometry of its own: its regions take the centres of their
+boxes (``grid_boxes``, from a feature store imported with its boxes, `region_centres`);
+without boxes it cannot take a position encoding.
 
 ``model.distance_bias`` (`DistanceBias`) is the relational counterpart: the image
 self-attention's heads get an additive score bias ``-slope_h * |c_i - c_j|`` from the distance
 between the two cells' centres, a 2-D form of ALiBi (Press et al. 2022). Half the heads start
 with positive slopes (they look at near cells), half with negative ones (far cells); the
 slopes are learned. A cell does not attend to itself in these heads (its own features reach
-it through the residual), so after one layer each cell holds what is nearest to and furthest
-from it, and "the object nearest to the red one" becomes one look-up instead of two chained
+it through the residual), so after one layer each cell (or boxed region) holds what is
+nearest to and furthest from it, and "the object nearest to the red one" becomes one look-up instead of two chained
 attention hops, which the model learns far later (README, "Your own data").
 """
 
@@ -59,7 +61,7 @@ def cell_centres(height: int, width: int, device: torch.device | None = None,
 
 
 def sincos_encoding(centres: torch.Tensor, dim: int, height: int, width: int) -> torch.Tensor:
-    """(N, 2) centres (x, y) in [-1, 1] of cells of an H x W grid -> (N, dim) encoding:
+    """(..., 2) centres (x, y) in [-1, 1] of cells of an H x W grid -> (..., dim) encoding:
     [sin, cos] of x and of y at dim // 4 frequencies each; ``dim`` must be divisible by 4."""
     k = dim // 4
     steps = torch.arange(k, device=centres.device, dtype=centres.dtype) / max(1, k - 1)
@@ -67,15 +69,46 @@ def sincos_encoding(centres: torch.Tensor, dim: int, height: int, width: int) ->
     top = (top / 2).clamp(min=1.0).unsqueeze(-1)  # (2, 1) highest frequency / pi, per axis
     freq = math.pi * top ** steps  # (2, k): pi ... pi * cells / 2
     # positions in image widths from the left/top edge: u = (c + 1) / 2 in [0, 1]
-    angles = ((centres + 1) / 2).unsqueeze(-1) * freq  # (N, 2, k)
-    return torch.cat((angles.sin(), angles.cos()), dim=-1).reshape(centres.shape[0], dim)
+    angles = ((centres + 1) / 2).unsqueeze(-1) * freq  # (..., 2, k)
+    return torch.cat((angles.sin(), angles.cos()), dim=-1).reshape(*centres.shape[:-1], dim)
+
+
+def region_centres(grid: torch.Tensor, boxes: torch.Tensor | None,
+                   option: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Where the regions of ``grid`` are: centres (1 or B, N, 2) in [-1, 1] across the image,
+    and the (H, W) that sets the sinusoidal encoding's highest frequencies.
+
+    A grid (B, H, W, C) gives its cells' centres (the same for every image). A region list
+    (B, N, C) needs ``boxes`` (B, N, 4): (x0, y0, x1, y1) as fractions of the image's width
+    and height; its centres are the boxes' and its frequencies those of a square grid of
+    about N cells. ``option`` names the setting that asked, for the error without boxes.
+    """
+    if grid.dim() == 4:
+        if boxes is not None:
+            raise LrcnError(f"grid_boxes are for region lists (batch, N, C); a grid of shape "
+                            f"{tuple(grid.shape)} has its cells' places already")
+        H, W = grid.shape[1], grid.shape[2]
+        return cell_centres(H, W, grid.device, grid.dtype).unsqueeze(0), (H, W)
+    if boxes is None:
+        raise LrcnError(
+            f"{option} needs to know where each region is: a spatial grid (batch, H, W, C), or "
+            f"a region list with boxes (a feature store imported with them); got shape "
+            f"{tuple(grid.shape)}, a region list without boxes; turn {option} off for it")
+    if boxes.shape != (*grid.shape[:2], 4):
+        raise LrcnError(f"grid_boxes has shape {tuple(boxes.shape)}, expected "
+                        f"({grid.shape[0]}, {grid.shape[1]}, 4) for regions of shape "
+                        f"{tuple(grid.shape)}")
+    boxes = boxes.to(grid.dtype)
+    side = max(1, math.ceil(math.sqrt(grid.shape[1])))
+    return boxes[..., :2] + boxes[..., 2:] - 1, (side, side)  # ((x0 + x1) / 2) * 2 - 1
 
 
 class GridPosition(nn.Module):
     """Position information for grid tokens, as ``model.position`` chooses.
 
-    Use ``extra_channels`` to size the projection, ``append`` on the grid before the
-    projection and ``add`` on the projected tokens after it.
+    Use ``extra_channels`` to size the projection, ``append`` on the flattened grid before
+    the projection and ``add`` on the projected tokens after it, both with the centres of
+    `region_centres`.
     """
 
     def __init__(self, kind: str, d_model: int) -> None:
@@ -95,36 +128,19 @@ class GridPosition(nn.Module):
         """Channels ``append`` adds to each cell."""
         return COORD_CHANNELS if self.appends else 0
 
-    @staticmethod
-    def spatial_size(grid: torch.Tensor) -> tuple[int, int]:
-        if grid.dim() != 4:
-            raise LrcnError(
-                "model.position needs a spatial grid (batch, H, W, C) to know where each "
-                f"region is, got shape {tuple(grid.shape)} (a region list); use "
-                "model.position: none for region lists")
-        return grid.shape[1], grid.shape[2]
-
-    def append(self, grid: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C + extra_channels): cell centres appended."""
+    def append(self, cells: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C + extra_channels): region centres (1 or B, N, 2) appended."""
         if not self.appends:
-            return grid
-        (H, W), B = self.spatial_size(grid), grid.shape[0]
-        coords = cell_centres(H, W, grid.device, grid.dtype).reshape(1, H, W, COORD_CHANNELS)
-        return torch.cat((grid, coords.expand(B, H, W, COORD_CHANNELS)), dim=-1)
+            return cells
+        return torch.cat((cells, centres.to(cells.dtype).expand(cells.shape[0], -1, -1)), dim=-1)
 
-    def add(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, H * W, D) projected tokens -> the same with the sinusoidal encoding added."""
+    def add(self, tokens: torch.Tensor, centres: torch.Tensor,
+            size: tuple[int, int]) -> torch.Tensor:
+        """(B, N, D) projected tokens -> the same with the sinusoidal encoding of the region
+        centres (1 or B, N, 2) added; ``size`` (H, W) as `region_centres` gives it."""
         if not self.adds:
             return tokens
-        centres = cell_centres(height, width, tokens.device, tokens.dtype)
-        return tokens + sincos_encoding(centres, self.d_model, height, width)
-
-
-def cell_distances(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """(H * W, H * W) distances between the centres of an H x W grid's cells (`cell_centres`,
-    image units), row-major."""
-    centres = cell_centres(height, width, device)
-    return torch.cdist(centres, centres)
+        return tokens + sincos_encoding(centres.to(tokens.dtype), self.d_model, *size)
 
 
 def distance_slopes(heads: int) -> list[float]:
@@ -142,15 +158,16 @@ def distance_slopes(heads: int) -> list[float]:
 class DistanceBias(nn.Module):
     """Each head's additive self-attention bias from cell distances (``model.distance_bias``).
 
-        bias[h, i, j] = -slope_h * |c_i - c_j|   (i != j),   SELF_BIAS on the diagonal
+        bias[b, h, i, j] = -slope_h * |c_bi - c_bj|   (i != j),   SELF_BIAS on the diagonal
     """
 
     def __init__(self, heads: int) -> None:
         super().__init__()
         self.slopes = nn.Parameter(torch.tensor(distance_slopes(heads)))
 
-    def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        """(N, N) cell distances -> (1, heads, N, N) score bias."""
-        bias = -self.slopes[:, None, None] * distances  # (heads, N, N)
-        eye = torch.eye(distances.shape[0], dtype=torch.bool, device=distances.device)
-        return bias.masked_fill(eye, SELF_BIAS).unsqueeze(0)
+    def forward(self, centres: torch.Tensor) -> torch.Tensor:
+        """Region centres (1 or B, N, 2) (`region_centres`) -> score bias (1 or B, heads, N, N)."""
+        distances = torch.cdist(centres, centres).unsqueeze(1)  # (1 or B, 1, N, N)
+        bias = -self.slopes[:, None, None].to(distances.dtype) * distances
+        eye = torch.eye(centres.shape[1], dtype=torch.bool, device=centres.device)
+        return bias.masked_fill(eye, SELF_BIAS)

@@ -101,6 +101,7 @@ class VQAModel(nn.Module):
         image_index: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> LRCNOutput:
         """Fused vectors and pooling weights for questions (B, T) about images or grids.
 
@@ -111,12 +112,15 @@ class VQAModel(nn.Module):
                 one image per question, in order.
             grid: precomputed grids (B or U, H, W, C) or (B or U, N, C); exclusive with ``images``.
             grid_mask: (B, N) True = valid region, per question; None means all valid.
+            grid_boxes: (B, N, 4) boxes (x0, y0, x1, y1) of a region list's regions, as
+                fractions of the image's width and height, per question; None for grids
+                and for region stores without boxes.
         """
         if self.net.uses_image:
             grid = self._grid(images, image_index, grid, tokens.shape[0])
         else:
-            grid = grid_mask = None  # a text-only net never looks at the image
-        return self.net.forward_features(tokens, grid, grid_mask)
+            grid = grid_mask = grid_boxes = None  # a text-only net never looks at the image
+        return self.net.forward_features(tokens, grid, grid_mask, grid_boxes)
 
     def forward(
         self,
@@ -125,9 +129,10 @@ class VQAModel(nn.Module):
         image_index: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Answer logits (B, K); same inputs as ``forward_features``."""
-        return self.forward_all(tokens, images, image_index, grid, grid_mask).answer
+        return self.forward_all(tokens, images, image_index, grid, grid_mask, grid_boxes).answer
 
     def forward_all(
         self,
@@ -136,9 +141,10 @@ class VQAModel(nn.Module):
         image_index: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
+        grid_boxes: torch.Tensor | None = None,
     ) -> VQAOutput:
         """Answer and answerability logits and the pooling weights, in one pass."""
-        out = self.forward_features(tokens, images, image_index, grid, grid_mask)
+        out = self.forward_features(tokens, images, image_index, grid, grid_mask, grid_boxes)
         answerable = None
         if self.answerable_head is not None:
             answerable = self.answerable_head(out.fused).squeeze(-1)  # (B,)
