@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_SET, VQA2Layout, read_metrics
+from conftest import TINY_SET, VQA2Layout, read_metrics, run_cli, tiny_set_args
 from lrcn.cli import build_parser, train_config
 from lrcn.config import (
     DataConfig,
@@ -307,6 +308,39 @@ def test_atomic_write(tmp_path: Path) -> None:
 
     atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and os.listdir(path.parent) == ["file.bin"]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "f.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == mode
+
+
+def test_every_file_of_a_run_is_group_readable(tmp_path: Path, capsys, vqa2_layout) -> None:
+    """Under umask 022 a training run's files (config, metrics, checkpoints, curves, results,
+    per-question scores) are 0644, as any other file the user makes."""
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        result = run_cli(capsys, "train", "--dataset", "vqa2", "--data-root", vqa2_layout.root,
+                         "--epochs", "1", "--out", run, "--json", *tiny_set_args())
+        assert result.code == 0, result.err
+        result = run_cli(capsys, "evaluate", "--checkpoint", run, "--split", "val2014",
+                         "--json")
+        assert result.code == 0, result.err
+    finally:
+        os.umask(old)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"config.yaml", "metrics.jsonl", "best.pt", "last.pt", "curves.png"} <= names, names
+    assert len(files) > len(names & {"config.yaml", "metrics.jsonl", "best.pt", "last.pt",
+                                     "curves.png"})  # evaluation's results beside them
+    modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
 
 
 def test_remove_unfinished_writes_takes_only_atomic_write_temporaries(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lrcn.fileio import atomic_write
+
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Write a PNG with training loss and validation accuracy per epoch."""
@@ -32,7 +34,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -8,9 +8,9 @@ the record and the fault, and aggregates like the official ``vqaEval.py``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 from lrcn.data.json_records import describe_record, is_int, iter_unique_records
 from lrcn.data.vqa2 import NUM_ANSWERS, read_annotations_file, read_questions_file
 from lrcn.errors import LrcnError
+from lrcn.fileio import atomic_write
 from lrcn.evaluation.vqa_accuracy import aggregate, question_accuracy
 
 __all__ = [
@@ -232,22 +233,10 @@ def write_per_question(report: ScoreReport | Mapping[Any, float],
     p = Path(path)
     per_question = report.per_question if isinstance(report, ScoreReport) else report
     payload = {str(qid): per_question[qid] for qid in sorted(per_question)}
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    text = json.dumps(payload, allow_nan=False) + "\n"
+    if not p.parent.is_dir():  # a mistyped --per-question path: not a folder to create
+        raise LrcnError(f"{p}: cannot write the per-question file: {os.strerror(errno.ENOENT)}")
     try:
-        # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask apply.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        atomic_write(p, lambda f: f.write(text.encode("utf-8")))
     except OSError as exc:
         raise LrcnError(f"{p}: cannot write the per-question file: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise LrcnError(f"{p}: cannot write the per-question file: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -562,8 +562,6 @@ class StoreWriter:
                 "checksum": checksum}
         atomic_write(self.partial / "meta.json",
                      lambda f: f.write(json.dumps(meta, indent=2).encode()))
-        for name in ("keys.json", "meta.json"):  # atomic_write's temp files are owner-only
-            shutil.copymode(self._files["features"][0], self.partial / name)
         if self.out.exists():  # os.rename would silently replace an empty folder
             raise LrcnError(f"{self.out} appeared while the store was being built; not replacing it")
         os.rename(self.partial, self.out)
