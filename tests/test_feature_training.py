@@ -91,11 +91,14 @@ def test_import_then_train_and_evaluate_on_features(
                      "--features", store, "--epochs", "1", "--out", run, "--json",
                      *tiny_set_args(), "--set", f"model.grid_reduction={reduction}")
     assert result.code == 0, result.err
-    assert 0 <= result.json["overall"] <= 100
+    trained = result.json["overall"]
     cfg = load_checkpoint(run).config
     assert cfg.model.image_encoder == "features" and cfg.model.feature_channels == CHANNELS
     assert cfg.data.features == [str(store)]
 
+    result = run_cli(capsys, "evaluate", "--checkpoint", run, "--split", "val2014", "--json")
+    assert result.code == 0, result.err
+    assert result.json["overall"] == pytest.approx(trained, abs=1e-9)  # read back exactly
     result = run_cli(capsys, "evaluate", "--checkpoint", run, "--split", "test2015", "--json")
     assert result.code == 0, result.err
     results = json.loads(Path(result.json["results"]).read_text())
@@ -117,10 +120,12 @@ def test_region_boxes_place_regions_in_training(
                      "--features", store, "--epochs", "1", "--out", tmp_path / "run", "--json",
                      *tiny_set_args(), *placed)
     assert result.code == 0, result.err
-    assert 0 <= result.json["overall"] <= 100
+    trained = result.json["overall"]
     result = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "run", "--split",
                      "val2014", "--json")
     assert result.code == 0, result.err
+    # the checkpoint, read back with its boxes, scores exactly what training measured
+    assert result.json["overall"] == pytest.approx(trained, abs=1e-9), (result.json, trained)
 
     src = tmp_path / "src-plain"  # the same regions without boxes
     for path in (tmp_path / "src").rglob("*.npz"):
