@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 
 from lrcn.cli import main
+from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
 
 # The models of the tests are tiny: a second thread buys nothing and, on a busy machine,
@@ -236,3 +239,60 @@ def raises_naming(path: Path, *fragments: str) -> Iterator[None]:
     assert path.name in message, message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def assert_one_line_error(result: Result, command: str, *fragments: str) -> None:
+    """A failed command that printed one error line, naming every fragment, and no output."""
+    assert result.code != 0
+    assert "Traceback" not in result.err and "Traceback" not in result.out
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"lrcn {command}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert result.out == ""
+
+
+def assert_refused(result: Result, command: str, *fragments: str,
+                   absent: tuple[Path, ...] = ()) -> None:
+    """One error line naming every fragment, exit 2, and none of `absent` written."""
+    assert result.code == 2, result.err
+    assert_one_line_error(result, command, *fragments)
+    for path in absent:
+        assert not path.exists(), path
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose IHDR claims width x height: a bomb, as far as the header says."""
+    data = bytearray(encode(Image.new("L", (1, 1))))
+    # signature (8) | length (4) | b"IHDR" (4) | width, height | ... | crc over type + data
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+# Tiny LRCN models reading precomputed grids (test_models, test_fast_layers).
+VOCAB, ANSWERS, CHANNELS = 20, 7, 24
+
+
+def tiny_lrcn_cfg(**overrides) -> ModelConfig:
+    """D=32, 2 heads, L=2, reading precomputed grids of CHANNELS channels."""
+    base = dict(
+        layers=2, d_model=32, heads=2, ffn_dim=64, word_dim=16, pool_hidden=32, fused_dim=48,
+        image_encoder="features", feature_channels=CHANNELS, encoder_channels=16,
+    )
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def tokens_with_pads() -> torch.Tensor:
+    """Three right-padded questions of lengths 5, 3 and 1 (pad id 0)."""
+    return torch.tensor([[3, 4, 5, 6, 7], [8, 9, 2, 0, 0], [11, 0, 0, 0, 0]])

@@ -32,8 +32,7 @@ from conftest import (
 )
 from lrcn.data.images import load_image
 from lrcn.features import import_features
-from test_cli import assert_refused
-from test_serve_api import encode, png_with_header
+from conftest import assert_refused, encode, png_with_header
 from vizwiz_layout import make_vizwiz_layout
 
 QUESTIONS = "Questions/v2_OpenEnded_mscoco_train2014_questions.json"

@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import (
     Result,
     VQA2Layout,
+    assert_one_line_error,
     make_vqa2_layout,
     run_cli,
     run_cli_uncaptured,
@@ -193,26 +194,6 @@ def test_predict_top_k(easyvqa_run: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def assert_one_line_error(result: Result, command: str, *fragments: str) -> None:
-    assert result.code != 0
-    assert "Traceback" not in result.err and "Traceback" not in result.out
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith(f"lrcn {command}: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.out == ""
-
-
-def assert_refused(result: Result, command: str, *fragments: str,
-                   absent: tuple[Path, ...] = ()) -> None:
-    """One error line naming every fragment, exit 2, and none of `absent` written."""
-    assert result.code == 2, result.err
-    assert_one_line_error(result, command, *fragments)
-    for path in absent:
-        assert not path.exists(), path
 
 
 def test_train_errors(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout, tmp_path: Path,

@@ -10,7 +10,7 @@ from lrcn.models import LRCN
 from lrcn.models.dropout import Dropout, dropout, relu_dropout
 from lrcn.models.layers import FeedForward, KeyMask, MultiHeadAttention
 from lrcn.models.plain import PlainAttention, plain_copy
-from test_models import ANSWERS, CHANNELS, VOCAB, tiny_cfg, tokens_with_pads
+from conftest import ANSWERS, CHANNELS, VOCAB, tiny_lrcn_cfg, tokens_with_pads
 
 
 def _keep(shape: tuple[int, ...], p: float) -> torch.Tensor:
@@ -167,7 +167,7 @@ def test_fast_model_equals_the_plain_model(overrides: dict) -> None:
     """Eval outputs are equal, and so are the loss and every gradient of a training step
     without dropout (dropout masks are random, so that part is checked per layer above)."""
     torch.manual_seed(0)
-    fast = LRCN(tiny_cfg(**overrides), VOCAB, ANSWERS, CHANNELS)
+    fast = LRCN(tiny_lrcn_cfg(**overrides), VOCAB, ANSWERS, CHANNELS)
     plain = plain_copy(fast)
     tokens, grid, mask = _inputs()
     fast.eval(), plain.eval()

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ANSWERS, CHANNELS, VOCAB, tiny_lrcn_cfg, tokens_with_pads
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
@@ -24,24 +25,6 @@ from lrcn.models.lrcn import ImageSGA, QuestionGA
 
 VARIANTS = ["ed", "st", "cst"]
 LRMS = ["none", "sa", "ga", "both"]
-VOCAB, ANSWERS, CHANNELS = 20, 7, 24
-
-
-def tiny_cfg(**overrides) -> ModelConfig:
-    """D=32, 2 heads, L=2, reading precomputed grids of CHANNELS channels."""
-    base = dict(
-        layers=2, d_model=32, heads=2, ffn_dim=64, word_dim=16, pool_hidden=32, fused_dim=48,
-        image_encoder="features", feature_channels=CHANNELS, encoder_channels=16,
-    )
-    base.update(overrides)
-    return ModelConfig(**base)
-
-
-def tokens_with_pads() -> torch.Tensor:
-    """Three right-padded questions of lengths 5, 3 and 1 (pad id 0)."""
-    return torch.tensor([[3, 4, 5, 6, 7], [8, 9, 2, 0, 0], [11, 0, 0, 0, 0]])
-
-
 def ref_attention(mha: MultiHeadAttention, q_in, kv_in, key_mask=None) -> torch.Tensor:
     """Multi-head attention written out from the module's weights, for comparison."""
     D, h = q_in.shape[-1], mha.heads
@@ -70,7 +53,7 @@ def ref_attention(mha: MultiHeadAttention, q_in, kv_in, key_mask=None) -> torch.
 def test_forward_backward_shapes(variant: str, lrm: str) -> None:
     """Every LRCN stacking and placement (the baselines are tested in test_baselines.py)."""
     torch.manual_seed(0)
-    model = create_model(tiny_cfg(arch="lrcn", variant=variant, lrm=lrm), VOCAB, ANSWERS)
+    model = create_model(tiny_lrcn_cfg(arch="lrcn", variant=variant, lrm=lrm), VOCAB, ANSWERS)
     tokens = tokens_with_pads()
     grid = torch.randn(3, 3, 4, CHANNELS)  # (B, H, W, C)
     mask = torch.ones(3, 12, dtype=torch.bool)
@@ -89,7 +72,7 @@ def test_forward_backward_shapes(variant: str, lrm: str) -> None:
 
 @pytest.mark.parametrize("arch", model_names())
 def test_small_cnn_model_trains_from_pixels(arch: str) -> None:
-    model = create_model(tiny_cfg(arch=arch, image_encoder="small_cnn"), VOCAB, ANSWERS)
+    model = create_model(tiny_lrcn_cfg(arch=arch, image_encoder="small_cnn"), VOCAB, ANSWERS)
     images = torch.randn(2, 3, 64, 64)
     logits = model(tokens_with_pads(), images=images, image_index=torch.tensor([0, 1, 1]))
     assert logits.shape == (3, ANSWERS)
@@ -107,7 +90,7 @@ def test_small_cnn_model_trains_from_pixels(arch: str) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_pads_and_masked_regions_do_not_change_output(variant: str, reduction: str) -> None:
     torch.manual_seed(0)
-    net = LRCN(tiny_cfg(variant=variant, grid_reduction=reduction), VOCAB, ANSWERS, CHANNELS).eval()
+    net = LRCN(tiny_lrcn_cfg(variant=variant, grid_reduction=reduction), VOCAB, ANSWERS, CHANNELS).eval()
     tokens = tokens_with_pads()
     grid = torch.randn(3, 5, 6, CHANNELS)  # odd H: the reduction pads it
     mask = torch.ones(3, 5, 6, dtype=torch.bool)
@@ -136,7 +119,7 @@ def test_fully_masked_rows_give_no_nan() -> None:
     (out.sum() + pooled.sum()).backward()
     assert torch.isfinite(q.grad).all() and torch.isfinite(kv.grad).all()
     # a model given a question of pads only still answers with finite logits
-    net = LRCN(tiny_cfg(variant="cst"), VOCAB, ANSWERS, CHANNELS).eval()
+    net = LRCN(tiny_lrcn_cfg(variant="cst"), VOCAB, ANSWERS, CHANNELS).eval()
     logits = net(torch.zeros(1, 4, dtype=torch.long), torch.randn(1, 9, CHANNELS))
     assert torch.isfinite(logits).all()
 
@@ -146,8 +129,8 @@ def test_fully_masked_rows_give_no_nan() -> None:
 
 def test_lrm_adds_no_parameters_but_changes_outputs() -> None:
     torch.manual_seed(0)
-    plain = LRCN(tiny_cfg(lrm="none"), VOCAB, ANSWERS, CHANNELS).eval()
-    with_lrm = LRCN(tiny_cfg(lrm="sa"), VOCAB, ANSWERS, CHANNELS).eval()
+    plain = LRCN(tiny_lrcn_cfg(lrm="none"), VOCAB, ANSWERS, CHANNELS).eval()
+    with_lrm = LRCN(tiny_lrcn_cfg(lrm="sa"), VOCAB, ANSWERS, CHANNELS).eval()
     with_lrm.load_state_dict(plain.state_dict(), strict=True)
     tokens, grid = tokens_with_pads(), torch.randn(3, 10, CHANNELS)
     with torch.no_grad():
@@ -199,7 +182,7 @@ def test_question_guided_block_matches_the_equations(lrm: bool) -> None:
 def test_stackings_are_wired_as_the_spec(variant: str) -> None:
     """Record what each block receives and check it against the spec's stacking."""
     torch.manual_seed(0)
-    net = LRCN(tiny_cfg(variant=variant, layers=3), VOCAB, ANSWERS, CHANNELS).eval()
+    net = LRCN(tiny_lrcn_cfg(variant=variant, layers=3), VOCAB, ANSWERS, CHANNELS).eval()
     seen: dict[str, tuple] = {}
 
     def record(name: str, module: torch.nn.Module) -> None:
@@ -263,7 +246,7 @@ def test_paper_size_parameter_counts(variant: str) -> None:
 
 
 def test_conv_reduction_halves_the_grid() -> None:
-    net = LRCN(tiny_cfg(grid_reduction="conv"), VOCAB, ANSWERS, CHANNELS)
+    net = LRCN(tiny_lrcn_cfg(grid_reduction="conv"), VOCAB, ANSWERS, CHANNELS)
     x, mask, _ = net.encode_grid(torch.randn(2, 16, 16, CHANNELS))
     assert x.shape == (2, 64, 32) and mask is None
     with pytest.raises(LrcnError, match="spatial grid"):
@@ -273,7 +256,7 @@ def test_conv_reduction_halves_the_grid() -> None:
 
 
 def test_avgpool_reduction_handles_odd_sizes_and_reduces_the_mask() -> None:
-    net = LRCN(tiny_cfg(grid_reduction="avgpool"), VOCAB, ANSWERS, CHANNELS)
+    net = LRCN(tiny_lrcn_cfg(grid_reduction="avgpool"), VOCAB, ANSWERS, CHANNELS)
     grid = torch.ones(1, 7, 9, CHANNELS)
     mask = torch.zeros(1, 7, 9, dtype=torch.bool)
     mask[0, 6, 8] = True  # the corner cell, alone in its padded 2x2 block
@@ -287,10 +270,10 @@ def test_avgpool_reduction_handles_odd_sizes_and_reduces_the_mask() -> None:
 
 def test_word_vectors_initialise_the_embedding() -> None:
     vectors = torch.randn(VOCAB, 16)
-    net = LRCN(tiny_cfg(), VOCAB, ANSWERS, CHANNELS, word_vectors=vectors)
+    net = LRCN(tiny_lrcn_cfg(), VOCAB, ANSWERS, CHANNELS, word_vectors=vectors)
     assert torch.equal(net.embed.weight.detach(), vectors)
     with pytest.raises(LrcnError, match="word vectors"):
-        LRCN(tiny_cfg(), VOCAB, ANSWERS, CHANNELS, word_vectors=torch.randn(VOCAB, 300))
+        LRCN(tiny_lrcn_cfg(), VOCAB, ANSWERS, CHANNELS, word_vectors=torch.randn(VOCAB, 300))
 
 
 # --- image encoders -------------------------------------------------------------------------
@@ -369,7 +352,7 @@ def test_torchvision_trunk_rejects_bad_weight_files(tmp_path) -> None:
 
 def test_vqa_model_encodes_each_unique_image_once() -> None:
     torch.manual_seed(0)
-    model = create_model(tiny_cfg(image_encoder="small_cnn", variant="st"), VOCAB, ANSWERS).eval()
+    model = create_model(tiny_lrcn_cfg(image_encoder="small_cnn", variant="st"), VOCAB, ANSWERS).eval()
     calls: list[int] = []
     model.encoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     images = torch.randn(2, 3, 64, 64)
@@ -389,15 +372,15 @@ def test_vqa_model_encodes_each_unique_image_once() -> None:
 
 
 def test_features_model_rejects_images_and_unknown_names() -> None:
-    model = create_model(tiny_cfg(), VOCAB, ANSWERS)
+    model = create_model(tiny_lrcn_cfg(), VOCAB, ANSWERS)
     assert isinstance(model, VQAModel) and model.encoder is None
     with pytest.raises(LrcnError, match="precomputed"):
         model(tokens_with_pads(), images=torch.randn(3, 3, 64, 64))
     with pytest.raises(LrcnError, match="known models: cnn_lstm, image_only, lrcn, text_only"):
-        create_model(tiny_cfg(arch="mcan"), VOCAB, ANSWERS)
+        create_model(tiny_lrcn_cfg(arch="mcan"), VOCAB, ANSWERS)
     for bad in (dict(variant="xx"), dict(lrm="all"), dict(grid_reduction="max"), dict(heads=5)):
         with pytest.raises(LrcnError, match="model\\."):
-            create_model(dataclasses.replace(tiny_cfg(), **bad), VOCAB, ANSWERS)
+            create_model(dataclasses.replace(tiny_lrcn_cfg(), **bad), VOCAB, ANSWERS)
 
 
 def _question_about_grid(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -420,7 +403,7 @@ def test_lrcn_fits_a_tiny_task_that_needs_both_modalities(variant: str) -> None:
     """Trained on 256 such questions, each stacking answers held-out ones (chance 1/7;
     98-100% after these 60 epochs), and only by reading both the question and the grid."""
     torch.manual_seed(0)
-    net = LRCN(tiny_cfg(variant=variant, dropout=0.0), VOCAB, ANSWERS, CHANNELS)
+    net = LRCN(tiny_lrcn_cfg(variant=variant, dropout=0.0), VOCAB, ANSWERS, CHANNELS)
     tokens, grid, answer = _question_about_grid(256, seed=1)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(60):

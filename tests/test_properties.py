@@ -45,7 +45,7 @@ from lrcn.evaluation.vqa_accuracy import (
     soft_scores,
 )
 from lrcn.features.store import FeatureStore
-from test_serve_api import encode
+from conftest import encode
 from vizwiz_layout import annotations as vizwiz_annotations
 
 EXAMPLES = 150

@@ -22,7 +22,7 @@ import torch
 from conftest import Result, read_metrics, run_cli, run_cli_uncaptured, tiny_set_args
 from lrcn.engine import trainer
 from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
-from test_cli import assert_one_line_error
+from conftest import assert_one_line_error
 
 # The tiny model with dropout (whose random state a resumed run must restore), 50 steps an
 # epoch, last.pt every 5 steps.

@@ -26,7 +26,7 @@ from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.engine.schedule import describe_schedule, lr_per_epoch, rescale_schedule
 from lrcn.engine.trainer import check_train_config
 from lrcn.errors import LrcnError
-from test_cli import assert_refused
+from conftest import assert_refused
 
 
 def _config(*argv: object) -> RunConfig:

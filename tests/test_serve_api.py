@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import encode, png_with_header, run_cli
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
@@ -46,12 +44,6 @@ def client(loaded: LoadedModel):
         yield c
 
 
-def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def png() -> bytes:
     example, path = available_examples()[EXAMPLES[0].name]
@@ -78,15 +70,6 @@ def assert_error(response, status: int, *words: str) -> None:
     assert isinstance(detail, str) and detail
     for word in words:
         assert word in detail, detail
-
-
-def png_with_header(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose IHDR claims width x height: a bomb, as far as the header says."""
-    data = bytearray(encode(Image.new("L", (1, 1))))
-    # signature (8) | length (4) | b"IHDR" (4) | width, height | ... | crc over type + data
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 # --------------------------------------------------------------------------- success

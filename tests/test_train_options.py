@@ -16,7 +16,7 @@ from lrcn.cli import build_parser, train_config
 from lrcn.engine import trainer
 from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.models import create_model
-from test_cli import assert_refused
+from conftest import assert_refused
 
 
 def _train(capsys: pytest.CaptureFixture[str], out: Path, *extra: object) -> Result:
