@@ -35,23 +35,29 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """The configuration flags of ``train`` (and ``compare``)."""
+    """The configuration flags of ``train`` (and ``compare``); their choices are the sets
+    the modules that implement them define."""
+    from lrcn.engine.losses import ANSWER_LOSSES
+    from lrcn.models.lrcn import LRM_PLACEMENTS, VARIANTS
+    from lrcn.models.registry import model_names
+    from lrcn.models.vqa_model import TASKS
+
     p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or YAML file")
     _add_dataset_flags(p)
     p.add_argument("--train-split", help="split to train on; join several with '+', "
                    "e.g. train2014+val2014+vg")
     p.add_argument("--val-split", help="split to evaluate on after every epoch ('none': no "
                    "evaluation)")
-    p.add_argument("--model", help="model: lrcn, cnn_lstm, text_only or image_only")
-    p.add_argument("--task", choices=["answer", "answerable", "both"],
+    p.add_argument("--model", help=f"model: {', '.join(model_names())}")
+    p.add_argument("--task", choices=TASKS,
                    help="train answer prediction, answerability (VizWiz), or both")
-    p.add_argument("--answer-loss", choices=["bce", "ce"],
+    p.add_argument("--answer-loss", choices=ANSWER_LOSSES,
                    help="bce: soft scores over all answers; ce: the most common answer")
     p.add_argument("--skip-invalid", action="store_true", default=None,
                    help="drop questions whose image is missing or unreadable (counted and listed)")
-    p.add_argument("--variant", choices=["ed", "st", "cst"], help="LRCN stacking")
+    p.add_argument("--variant", choices=VARIANTS, help="LRCN stacking")
     p.add_argument("--layers", type=int, help="number of layers L")
-    p.add_argument("--lrm", choices=["none", "sa", "ga", "both"], help="layer-residual placement")
+    p.add_argument("--lrm", choices=LRM_PLACEMENTS, help="layer-residual placement")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="questions per optimizer step, over all "
                    "processes and micro-batches")
@@ -59,6 +65,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="gradient accumulation: split each step's batch into N micro-batches, "
                    "forwarded and backwarded one after another (less memory, the same gradient: "
                    "the loss is a sum); the batch size must be divisible by N x processes")
+    # (the trainer's PRECISIONS: importing the trainer here would add 1.5 s to every command)
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="bf16: bfloat16 autocast for the forward pass and loss (needs a GPU or "
                    "CPU with bfloat16 support)")

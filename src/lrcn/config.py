@@ -26,7 +26,7 @@ from lrcn.fileio import atomic_write
 
 @dataclass
 class DataConfig:
-    dataset: str = "easyvqa"          # a name from lrcn.data.registry: easyvqa | vqa2 | vizwiz
+    dataset: str = "easyvqa"          # a name from lrcn.data.registry (lrcn train --help lists them)
     data_root: str | None = None      # dataset folder; easy-VQA needs none (bundled package)
     train_split: str = "train"        # a split, or several joined by '+': train2014+val2014+vg
     val_split: str | None = "test"    # evaluated after every epoch; None: no evaluation
@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "lrcn"                # a name from lrcn.models.registry: lrcn | cnn_lstm | text_only | image_only
+    arch: str = "lrcn"                # a name from lrcn.models.registry (lrcn train --help lists them)
     task: str = "answer"              # answer | answerable | both: which heads the model trains
     variant: str = "ed"               # stacking: ed (encoder-decoder) | st (pure) | cst (co-stacking)
     layers: int = 6                   # L
