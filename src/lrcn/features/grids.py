@@ -6,7 +6,7 @@ run names a list of stores and each image is read from the first store that hold
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,32 +74,34 @@ class StoreGrids:
     def channels(self) -> int:
         return self.item_shape[-1]
 
-    def read(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Grids (U, *item_shape) float32 and masks (U, *item_shape[:-1]) or None."""
+    def _by_store(self, rows: torch.Tensor
+                  ) -> Iterator[tuple[FeatureStore, np.ndarray, np.ndarray]]:
+        """(store, positions in `rows`, rows in that store) for each store `rows` reads from."""
         rows_np = rows.numpy()
         store_of, row_in_store = self.store_of[rows_np], self.row_in_store[rows_np]
-        if len(self.stores) == 1:
-            return self.stores[0].read(row_in_store)
-        grid = torch.empty(len(rows_np), *self.item_shape)
-        mask = torch.ones(len(rows_np), *self.item_shape[:-1], dtype=torch.bool)
         for j, store in enumerate(self.stores):
             (at,) = np.nonzero(store_of == j)
             if len(at):
-                part, part_mask = store.read(row_in_store[at])
-                grid[at] = part
-                if part_mask is not None:
-                    mask[at] = part_mask
+                yield store, at, row_in_store[at]
+
+    def read(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Grids (U, *item_shape) float32 and masks (U, *item_shape[:-1]) or None."""
+        if len(self.stores) == 1:
+            return self.stores[0].read(self.row_in_store[rows.numpy()])
+        grid = torch.empty(len(rows), *self.item_shape)
+        mask = torch.ones(len(rows), *self.item_shape[:-1], dtype=torch.bool)
+        for store, at, store_rows in self._by_store(rows):
+            part, part_mask = store.read(store_rows)
+            grid[at] = part
+            if part_mask is not None:
+                mask[at] = part_mask
         return grid, mask if self.masked else None
 
     def read_boxes(self, rows: torch.Tensor) -> torch.Tensor | None:
         """Region boxes (U, R, 4) of the image rows, or None when the stores have none."""
         if not self.stores[0].has_boxes:  # open_stores: all have boxes, or none
             return None
-        rows_np = rows.numpy()
-        store_of, row_in_store = self.store_of[rows_np], self.row_in_store[rows_np]
-        boxes = torch.zeros(len(rows_np), self.item_shape[0], 4)
-        for j, store in enumerate(self.stores):
-            (at,) = np.nonzero(store_of == j)
-            if len(at):
-                boxes[at] = store.read_boxes(row_in_store[at])
+        boxes = torch.zeros(len(rows), self.item_shape[0], 4)
+        for store, at, store_rows in self._by_store(rows):
+            boxes[at] = store.read_boxes(store_rows)
         return boxes

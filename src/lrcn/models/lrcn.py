@@ -213,7 +213,7 @@ class LRCN(nn.Module):
                            cfg.cst_question_lrm and cfg.lrm != "none")
                 for _ in range(L)
             )
-        self.distance_bias = cfg.distance_bias
+        self.uses_distance_bias = cfg.distance_bias
         self.image_layers = nn.ModuleList(
             ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm, cfg.distance_bias)
             for _ in range(L)
@@ -230,7 +230,7 @@ class LRCN(nn.Module):
     @property
     def places_regions(self) -> bool:
         """Whether the model needs to know where image regions are (a region list's boxes)."""
-        return self.position.kind != "none" or self.distance_bias
+        return self.position.kind != "none" or self.uses_distance_bias
 
     def encode_question(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, T), pad 0, right-padded -> Y (B, T, D) and its mask (B, T)."""
@@ -284,7 +284,7 @@ class LRCN(nn.Module):
                 grid_mask = F.max_pool2d(m, 2).squeeze(1) > 0  # (B, H'/2, W'/2)
 
         centres = size = None
-        if self.position.kind != "none" or self.distance_bias:
+        if self.places_regions:
             option = "model.position" if self.position.kind != "none" else "model.distance_bias"
             centres, size = region_centres(grid, grid_boxes, option)  # after any reduction
         grid = grid.reshape(B, -1, grid.shape[-1])  # (B, N, C)

@@ -26,8 +26,9 @@ between the two cells' centres, a 2-D form of ALiBi (Press et al. 2022). Half th
 with positive slopes (they look at near cells), half with negative ones (far cells); the
 slopes are learned. A cell does not attend to itself in these heads (its own features reach
 it through the residual), so after one layer each cell (or boxed region) holds what is
-nearest to and furthest from it, and "the object nearest to the red one" becomes one look-up instead of two chained
-attention hops, which the model learns far later (README, "Your own data").
+nearest to and furthest from it, and "the object nearest to the red one" becomes one
+look-up instead of two chained attention hops, which the model learns far later (README,
+"Your own data").
 """
 
 from __future__ import annotations
