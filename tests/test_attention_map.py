@@ -16,7 +16,7 @@ from lrcn.data.images import load_image
 from lrcn.data.text import tokenize
 from lrcn.engine.inference import Prediction, load_model, predict_images
 from lrcn.errors import LrcnError
-from lrcn.serve.attention_map import (MARGIN, MAX_ANSWERS, attention_map_layout, display_size,
+from lrcn.engine.attention_map import (MARGIN, MAX_ANSWERS, attention_map_layout, display_size,
                                       render_attention_map, save_attention_map)
 
 QUESTION = "what color is the shape?"

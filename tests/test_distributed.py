@@ -21,7 +21,8 @@ from easyvqa_store import ADAM_EPS, store_args, write_easyvqa_store
 from lrcn.data import load_split
 from lrcn.data.batches import EncodedSplit, batch_loader, set_epoch, shard_length
 from lrcn.engine.checkpoint import load_checkpoint
-from lrcn.engine.inference import encode_for_model, load_model, predict_split
+from lrcn.data.pipeline import encode_for_model
+from lrcn.engine.inference import load_model, predict_split
 
 
 def free_port() -> int:
@@ -173,7 +174,8 @@ def test_only_rank_0_writes(tmp_path: Path) -> None:
     split = load_split("easyvqa", None, "test")
     split = dataclasses.replace(split, records=split.records[:21])
     encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab,
-                               loaded.checkpoint.config.data, loaded.model, loaded.device)
+                               loaded.checkpoint.config.data, loaded.model.image_input(),
+                               loaded.device)
     val = predict_split(loaded.model, encoded, loaded.answer_vocab, 256, loaded.device).evaluate()
     assert val == epochs[summary["best_epoch"] - 1]["val"]
 

@@ -39,7 +39,7 @@ from lrcn.engine.checkpoint import (
 )
 from lrcn.engine.evaluator import VQAEvaluator, write_results
 from lrcn.engine.inference import load_model
-from lrcn.engine.schedule import lr_factor
+from lrcn.config.schedule import lr_factor
 from lrcn.engine.trainer import train
 from lrcn.errors import LrcnError
 from lrcn.fileio import remove_unfinished_writes

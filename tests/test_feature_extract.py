@@ -23,7 +23,8 @@ from PIL import Image
 from lrcn.cli import main
 from lrcn.data.images import ImageTable, normalize
 from lrcn.errors import LrcnError
-from lrcn.features import FeatureStore, extract_features
+from lrcn.engine.feature_extraction import extract_features
+from lrcn.features import FeatureStore
 from lrcn.features.store import partial_path
 
 KEYS = ["train2014/COCO_train2014_000000000009.jpg", "train2014/COCO_train2014_000000000025.jpg",
@@ -164,7 +165,7 @@ def test_killed_extraction_resumes_to_a_byte_identical_store(tmp_path: Path, cap
     assert json.loads(progress.read_text())["rows_done"] == rows_done
 
     settings = dict(image_size=64, batch_size=4, random_weights=True)
-    with caplog.at_level("INFO", logger="lrcn.features.extract"):
+    with caplog.at_level("INFO", logger="lrcn.engine.feature_extraction"):
         extract_features(images, "resnet50", None, out, **settings)
     assert f"continuing after {rows_done} of 120 images" in caplog.text
     extract_features(images, "resnet50", None, reference, **settings)
@@ -188,7 +189,7 @@ def test_killed_while_finishing_reruns_to_completion(tmp_path: Path, monkeypatch
                          random_weights=True)
     assert not out.exists() and (partial_path(out) / "meta.json").exists()
     monkeypatch.setattr(os, "rename", real_rename)
-    with caplog.at_level("INFO", logger="lrcn.features.extract"):
+    with caplog.at_level("INFO", logger="lrcn.engine.feature_extraction"):
         store = extract_features(tmp_path / "img", "resnet50", None, out, image_size=64,
                                  batch_size=2, random_weights=True)
     assert "continuing after 3 of 3 images" in caplog.text

@@ -18,7 +18,7 @@ import torch
 from conftest import run_cli
 from lrcn.errors import LrcnError
 from lrcn.features import FORMATS, FeatureStore, import_features
-from lrcn.features.commands import FORMAT_NAMES
+from lrcn.cli.features import FORMAT_NAMES
 from lrcn.features.store import partial_path
 
 C = 16  # channels of the small gridfeats / openvqa files (--channels 16)

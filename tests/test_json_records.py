@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lrcn.data.json_records import (
+from lrcn.json_records import (
     check_record,
     describe_record,
     is_int,

@@ -24,7 +24,7 @@ from conftest import annotations_json, questions_json
 from lrcn.data.answers import AnswerVocab
 from lrcn.data.glove import load_glove
 from lrcn.data.images import load_image
-from lrcn.data.json_records import load_json
+from lrcn.json_records import load_json
 from lrcn.data.records import VQARecord
 from lrcn.data.text import PAD_INDEX, UNK_INDEX, WordVocab, tokenize
 from lrcn.data.vizwiz import read_vizwiz_file
@@ -38,7 +38,7 @@ from lrcn.evaluation.vizwiz import (
     read_vizwiz_results,
     vizwiz_accuracy,
 )
-from lrcn.evaluation.vqa_accuracy import (
+from lrcn.vqa_accuracy import (
     clean_whitespace,
     normalize_answer,
     question_accuracy,

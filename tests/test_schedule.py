@@ -23,7 +23,7 @@ from lrcn.config import (
     save_config,
 )
 from lrcn.engine.checkpoint import load_checkpoint
-from lrcn.engine.schedule import describe_schedule, lr_per_epoch, rescale_schedule
+from lrcn.config.schedule import describe_schedule, lr_per_epoch, rescale_schedule
 from lrcn.engine.trainer import check_train_config
 from lrcn.errors import LrcnError
 from conftest import assert_refused

@@ -20,7 +20,7 @@ from lrcn.evaluation.vizwiz import (
     score_vizwiz_files,
     vizwiz_accuracy,
 )
-from lrcn.evaluation.vqa_accuracy import CONTRACTIONS, VIZWIZ_CONTRACTIONS, question_accuracy
+from lrcn.vqa_accuracy import CONTRACTIONS, VIZWIZ_CONTRACTIONS, question_accuracy
 
 DATA = Path(__file__).parent / "data" / "vizwiz_eval"
 VQA_DATA = Path(__file__).parent / "data" / "vqa_eval"

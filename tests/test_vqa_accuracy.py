@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrcn.evaluation.vqa_accuracy import (
+from lrcn.vqa_accuracy import (
     PUNCTUATION,
     aggregate,
     normalize_answer,

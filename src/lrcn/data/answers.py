@@ -15,7 +15,7 @@ import torch
 
 from lrcn.data.records import VQARecord
 from lrcn.errors import LrcnError
-from lrcn.evaluation.vqa_accuracy import normalize_answer, soft_scores
+from lrcn.vqa_accuracy import normalize_answer, soft_scores
 
 MAX_ANSWERS = 10  # human answers per question in VQA-v2, VizWiz and easy-VQA
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrcn.data.json_records import (
+from lrcn.json_records import (
     check_record,
     find_json,
     load_json,

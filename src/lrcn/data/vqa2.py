@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrcn.data.json_records import check_record, find_json, iter_unique_records
+from lrcn.json_records import check_record, find_json, iter_unique_records
 from lrcn.data.records import VQARecord, VQASplit
 from lrcn.errors import LrcnError
 

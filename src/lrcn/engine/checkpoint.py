@@ -21,7 +21,7 @@ import torch
 
 from lrcn.config import RunConfig, config_from_dict, config_to_dict
 from lrcn.data.answers import AnswerVocab
-from lrcn.data.json_records import is_int, short_repr
+from lrcn.json_records import is_int, short_repr
 from lrcn.data.text import WordVocab
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write

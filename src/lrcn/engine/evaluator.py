@@ -9,7 +9,7 @@ from typing import Any
 from lrcn.data.records import VQARecord
 from lrcn.fileio import atomic_write
 from lrcn.errors import LrcnError
-from lrcn.evaluation.vqa_accuracy import aggregate, question_accuracy
+from lrcn.vqa_accuracy import aggregate, question_accuracy
 
 
 METRICS = ("vqa", "vizwiz")
@@ -62,7 +62,7 @@ class VQAEvaluator:
 
     def evaluate(self) -> dict[str, Any]:
         """Accuracy (percent) over the processed records, aggregated by
-        :func:`~lrcn.evaluation.vqa_accuracy.aggregate`: overall, per answer type and, when
+        :func:`~lrcn.vqa_accuracy.aggregate`: overall, per answer type and, when
         records carry question types, ``per_question_type`` and ``question_type_counts``;
         and ``answerability: {"average_precision", "f1"}`` when it can be scored."""
         from lrcn.evaluation.vizwiz import answerability_metrics, vizwiz_accuracy

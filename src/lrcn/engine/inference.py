@@ -12,12 +12,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from lrcn.config import DataConfig
 from lrcn.data.answers import AnswerVocab
-from lrcn.data.batches import (EncodedSplit, InMemoryGrids, batch_loader, encode_split,
-                                iterate_images, shard_length)
-from lrcn.data.images import ImageTable, normalize
-from lrcn.data.records import VQASplit
+from lrcn.data.batches import EncodedSplit, batch_loader, shard_length
+from lrcn.data.images import normalize
+from lrcn.data.pipeline import model_inputs
 from lrcn.data.text import WordVocab, tokenize
 from lrcn.engine.checkpoint import (
     Checkpoint,
@@ -38,72 +36,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_inputs(model: VQAModel, batch: dict[str, torch.Tensor], device: torch.device) -> dict:
-    """The keyword arguments of ``model(...)`` for a batch from `BatchDataset`."""
-    image_index = batch["image_index"].to(device, non_blocking=True)
-    inputs = {"tokens": batch["tokens"].to(device, non_blocking=True), "image_index": image_index}
-    if "grid" in batch:
-        inputs["grid"] = batch["grid"].to(device, non_blocking=True)
-        for name in ("grid_mask", "grid_boxes"):  # (U, ...) -> one per question (B, ...)
-            if name in batch:
-                inputs[name] = batch[name].to(device, non_blocking=True)[image_index]
-    elif "pixels" in batch:
-        inputs["images"] = normalize(batch["pixels"].to(device, non_blocking=True))
-    return inputs  # neither: a model that does not read images
-
-
-@torch.no_grad()
-def precompute_grids(model: VQAModel, images: ImageTable, device: torch.device,
-                     batch_size: int = 64) -> torch.Tensor:
-    """Run a frozen image encoder once per image: (U, h, w, C) on the CPU."""
-    model.eval()
-    chunks = []
-    for _, pixels in tqdm(iterate_images(images, batch_size), desc="encoding images",
-                          total=(len(images) + batch_size - 1) // batch_size, disable=None):
-        chunks.append(model.encode_images(normalize(pixels.to(device))).cpu())
-    return torch.cat(chunks)
-
-
-def uses_frozen_encoder(model: VQAModel) -> bool:
-    return model.encoder is not None and not model.encoder.trainable
-
-
-def encode_for_model(split: VQASplit, word_vocab: WordVocab, answer_vocab: AnswerVocab,
-                     data_cfg: DataConfig, model: VQAModel, device: torch.device) -> EncodedSplit:
-    """Encode a split as `model` reads it.
-
-    A model without an image encoder reads grids from the feature stores of
-    ``data_cfg.features`` (no image is opened); a frozen encoder's grids are computed here,
-    once, and the pixels dropped; a trained encoder gets pixels batch by batch.
-    """
-    from lrcn.features.grids import StoreGrids, open_stores
-
-    d = data_cfg
-    reads_images = model.net.uses_image  # a text-only model gets neither pixels nor grids
-    from_stores = reads_images and model.encoder is None
-    encoded = encode_split(split, word_vocab, answer_vocab, d.max_question_tokens,
-                           d.image_size, d.cache_images, d.image_cache_gb,
-                           with_images=reads_images and not from_stores)
-    if from_stores:
-        grids = StoreGrids(open_stores(d.features), encoded.image_keys, f"split {split.name}")
-        if grids.channels != model.net.grid_channels:
-            raise LrcnError(
-                f"split {split.name}: the feature stores hold {grids.channels}-channel grids, "
-                f"the model reads {model.net.grid_channels} channels"
-            )
-        store = grids.stores[0]
-        if store.layout == "regions" and not store.has_boxes and model.net.places_regions:
-            raise LrcnError(
-                f"split {split.name}: feature store {store.path} is a region list without "
-                "boxes, and model.position / model.distance_bias need to know where each "
-                "region is; import the features from files with boxes, or turn those off")
-        encoded.grids = grids
-    elif uses_frozen_encoder(model):
-        encoded.grids = InMemoryGrids(precompute_grids(model, encoded.images, device))
-        encoded.images = None
-    return encoded
-
-
 @torch.no_grad()
 def predict_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVocab,
                   batch_size: int, device: torch.device, desc: str = "evaluating",
@@ -119,7 +51,7 @@ def predict_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVoca
                           rank=rank, world_size=world_size)
     left = shard_length(len(split), rank, world_size)  # the rest is padding
     for batch in tqdm(loader, desc=desc, disable=None if rank == 0 else True, leave=False):
-        out = model.forward_all(**model_inputs(model, batch, device))
+        out = model.forward_all(**model_inputs(batch, device))
         keep = min(left, len(batch["rows"]))
         left -= keep
         best = out.answer[:keep].argmax(dim=1).tolist()

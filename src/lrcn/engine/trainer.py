@@ -38,8 +38,9 @@ from lrcn.fileio import atomic_write, remove_unfinished_writes
 from lrcn.engine.curves import plot_curves
 from lrcn.engine.memory import keep_freed_memory
 from lrcn.engine.losses import ANSWER_LOSSES, task_loss
-from lrcn.engine.inference import encode_for_model, model_inputs, predict_split, resolve_device
-from lrcn.engine.schedule import (
+from lrcn.data.pipeline import encode_for_model, model_inputs
+from lrcn.engine.inference import predict_split, resolve_device
+from lrcn.config.schedule import (
     describe_schedule, epochs_for_samples, image_passes_per_epoch, lr_per_epoch,
 )
 from lrcn.errors import LrcnError
@@ -225,7 +226,7 @@ class TrainingStep(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
         """The summed loss of the first `keep` questions of a batch from `batch_loader` (the
         others pad the last batch of a process)."""
-        out = self.model.forward_all(**model_inputs(self.model, batch, self.device))
+        out = self.model.forward_all(**model_inputs(batch, self.device))
         if keep < out.answer.shape[0]:
             out = VQAOutput(out.answer[:keep], None if out.answerable is None
                             else out.answerable[:keep], out.image_weights, out.question_weights)
@@ -600,7 +601,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
             if split is not None:
                 check_images(split)
     train_split = encode_for_model(data.train, data.word_vocab, data.answer_vocab, cfg.data,
-                                   model, device)
+                                   model.image_input(), device)
     if model.task != "answer" and train_split.answerable is None:
         raise LrcnError(f"model.task {model.task} needs answerability labels, and training split "
                         f"{data.train.name!r} of dataset {cfg.data.dataset} has none (VizWiz has)")
@@ -608,7 +609,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     val_split = None
     if data.val is not None:
         val_split = encode_for_model(data.val, data.word_vocab, data.answer_vocab, cfg.data,
-                                     model, device)
+                                     model.image_input(), device)
     step = training_step(model, t, device)  # with DDP: every process is here, past its checks
     torch.manual_seed(t.seed + rank)  # dropout: another stream in each process
     optimizer = make_optimizer(model, t)

@@ -1,6 +1,6 @@
 """Scoring of VQA result files exactly as the official VQA-v2 evaluator scores them.
 
-The per-question rule lives in :mod:`lrcn.evaluation.vqa_accuracy`; this module reads the
+The per-question rule lives in :mod:`lrcn.vqa_accuracy`; this module reads the
 files as users have them on disk (results as the evaluation server takes them, the
 official annotation and question files), checks them with messages that name the file,
 the record and the fault, and aggregates like the official ``vqaEval.py``.
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrcn.data.json_records import describe_record, is_int, iter_unique_records
+from lrcn.json_records import describe_record, is_int, iter_unique_records
 from lrcn.data.vqa2 import NUM_ANSWERS, read_annotations_file, read_questions_file
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
-from lrcn.evaluation.vqa_accuracy import aggregate, question_accuracy
+from lrcn.vqa_accuracy import aggregate, question_accuracy
 
 __all__ = [
     "NUM_HUMAN_ANSWERS",
@@ -161,7 +161,7 @@ def score_vqa(
 
     Like the official ``loadRes``, the predictions must cover exactly the annotated
     questions (LrcnError otherwise). Aggregates are means of the unrounded per-question
-    accuracies, in percent (see :func:`~lrcn.evaluation.vqa_accuracy.aggregate`; per
+    accuracies, in percent (see :func:`~lrcn.vqa_accuracy.aggregate`; per
     question type when ``question_types`` gives any).
     """
     missing_types = set(answers_by_qid) - set(answer_types)

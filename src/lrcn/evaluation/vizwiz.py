@@ -1,6 +1,6 @@
 """VizWiz-VQA scoring exactly as the official VizWiz API ``vqaEval.py`` scores it.
 
-Accuracy follows the VQA-v2 rule (:mod:`lrcn.evaluation.vqa_accuracy`) with three
+Accuracy follows the VQA-v2 rule (:mod:`lrcn.vqa_accuracy`) with three
 differences, kept because published VizWiz numbers are computed this way:
 
 * the prediction is *always* normalised (whitespace, punctuation, number words, articles,
@@ -8,7 +8,7 @@ differences, kept because published VizWiz numbers are computed this way:
 * the human answers are *never* normalised, not even stripped: a prediction matches an
   answer only if its normalised text equals the answer as written in the file;
 * the contraction table maps to typographic apostrophes (``dont`` -> ``don’t``), see
-  :data:`~lrcn.evaluation.vqa_accuracy.VIZWIZ_CONTRACTIONS`.
+  :data:`~lrcn.vqa_accuracy.VIZWIZ_CONTRACTIONS`.
 
 Answerability treats *unanswerable* as the positive class: with ``p`` the predicted
 probability that a question is answerable, average precision is sklearn's
@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lrcn.data.json_records import check_record, json_kind, read_record_list, short_repr
+from lrcn.json_records import check_record, json_kind, read_record_list, short_repr
 from lrcn.data.vizwiz import describe_vizwiz_record, read_vizwiz_file
 from lrcn.errors import LrcnError
-from lrcn.evaluation.vqa_accuracy import (
+from lrcn.vqa_accuracy import (
     VIZWIZ_CONTRACTIONS,
     aggregate,
     clean_whitespace,

@@ -1,8 +1,8 @@
 """Image features on disk: one memory-mapped store per dataset, built from published per-image
-files (``import_features``) or from images with a frozen trunk (``extract_features``).
+files (``import_features``) or from images with a frozen trunk
+(:func:`lrcn.engine.feature_extraction.extract_features`, which runs a model).
 
-The names below load on first use, so ``lrcn`` (which imports ``lrcn.features.commands`` to
-build its parser) starts without numpy or torch.
+The names below load on first use, so ``lrcn`` starts without numpy or torch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ _EXPORTS = {
     "partial_path": "lrcn.features.store",
     "FORMATS": "lrcn.features.formats",
     "import_features": "lrcn.features.formats",
-    "extract_features": "lrcn.features.extract",
 }
 
 __all__ = list(_EXPORTS)

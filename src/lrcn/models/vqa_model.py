@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lrcn.data.pipeline import ImageInput
 from lrcn.errors import LrcnError
 from lrcn.models.image_encoders import GridEncoder
 from lrcn.models.lrcn import LRCNOutput
@@ -69,6 +70,15 @@ class VQAModel(nn.Module):
                 "pass grid=..., not images"
             )
         return self.encoder(images)
+
+    def image_input(self) -> ImageInput:
+        """What this model reads of the images, which decides how data is encoded for it."""
+        frozen = self.encoder is not None and not self.encoder.trainable
+        return ImageInput(reads_image=self.net.uses_image,
+                          from_stores=self.net.uses_image and self.encoder is None,
+                          grid_channels=self.net.grid_channels,
+                          places_regions=self.net.places_regions,
+                          frozen_encoder=self.encode_images if frozen else None)
 
     def _grid(
         self,

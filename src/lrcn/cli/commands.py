@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests answered by one forward pass (default: %(default)s)")
     p.set_defaults(json=False)
 
-    from lrcn.features.commands import add_features_parser
+    from lrcn.cli.features import add_features_parser
     add_features_parser(sub)
     return parser
 
@@ -158,7 +158,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     ``--set`` overrides; the schedule then follows the epochs (`follow_epochs`)."""
     from lrcn.config import default_preset
     from lrcn.data import default_splits
-    from lrcn.engine.schedule import follow_epochs
+    from lrcn.config.schedule import follow_epochs
 
     resume = getattr(args, "resume", None)
     if resume:  # the run's own config, which the flags may change where resuming allows
@@ -254,7 +254,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.data.registry import dataset_metric
     from lrcn.engine.checkpoint import resolve_checkpoint
     from lrcn.engine.evaluator import write_results
-    from lrcn.engine.inference import encode_for_model, load_model, predict_split
+    from lrcn.data.pipeline import encode_for_model
+    from lrcn.engine.inference import load_model, predict_split
 
     if args.batch_size < 1:
         raise LrcnError("--batch-size must be at least 1")
@@ -266,8 +267,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     dataset = args.dataset or d.dataset
     root = args.data_root or (d.data_root if dataset == d.dataset else None)
     split = load_split(dataset, root, args.split)
-    encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab, d, loaded.model,
-                               loaded.device)
+    encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab, d,
+                               loaded.model.image_input(), loaded.device)
     metric = dataset_metric(dataset)
     evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,
                               loaded.device, metric=metric)
@@ -300,14 +301,14 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         raise LrcnError("--top-k must be at least 1")
     out = None
     if args.attention_map is not None:
-        from lrcn.serve.attention_map import check_png_path
+        from lrcn.engine.attention_map import check_png_path
         out = check_png_path(args.attention_map)  # fail before the model runs
     loaded = load_model(args.checkpoint, args.device)
     image = load_image(Path(args.image))
     prediction = predict_images(loaded, [image], [args.question], args.top_k)[0]
     summary = {"question": args.question, "image": args.image, **prediction.to_dict()}
     if out is not None:
-        from lrcn.serve.attention_map import render_attention_map, save_attention_map
+        from lrcn.engine.attention_map import render_attention_map, save_attention_map
         save_attention_map(render_attention_map(image, prediction, args.question), out)
         summary["attention_map"] = str(out)
     return summary
@@ -365,7 +366,7 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_features(args: argparse.Namespace) -> dict[str, Any]:
-    from lrcn.features.commands import run_features
+    from lrcn.cli.features import run_features
     return run_features(args)
 
 

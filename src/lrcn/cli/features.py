@@ -68,7 +68,7 @@ def run_features(args: argparse.Namespace) -> dict[str, Any]:
         store = import_features(args.format, Path(args.src), Path(args.out), args.dtype,
                                 args.channels)
     elif action == "extract":
-        from lrcn.features.extract import extract_features
+        from lrcn.engine.feature_extraction import extract_features
 
         store = extract_features(args.images, args.backbone, args.weights, args.out,
                                  args.image_size, args.batch_size, args.random_weights,

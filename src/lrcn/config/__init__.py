@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lrcn.engine.schedule import lr_per_epoch
+from lrcn.config.schedule import lr_per_epoch
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
 
@@ -78,7 +78,7 @@ class TrainConfig:
     # training question or a pass of an image through the image encoder (once per image and
     # epoch with group_by_image, else once per question). Epochs become round(samples /
     # samples per epoch) (at least 1), with the schedule stated for `epochs` rescaled to them
-    # (engine/schedule.py). None: train `epochs` epochs. --epochs clears it.
+    # (config/schedule.py). None: train `epochs` epochs. --epochs clears it.
     samples: int | None = None
     batch_size: int = 64              # questions per optimizer step, all processes and micro-batches
     lr: float = 1e-4                  # base learning rate
