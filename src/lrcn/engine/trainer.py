@@ -517,7 +517,8 @@ def evaluate_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVoc
 # location may move: data_root, features, glove, as long as they stay set or unset).
 RESUMABLE_CHANGES = ("train.epochs", "train.samples", "train.device", "train.num_workers", "train.pin_memory",
                      "train.eval_batch_size", "train.compile", "train.accumulate",
-                     "train.checkpoint_every", "train.max_bad_steps", "data.cache_images",
+                     "train.checkpoint_every", "train.max_bad_steps", "train.keep_freed_memory",
+                     "data.cache_images",
                      "data.image_cache_gb")
 MOVABLE = ("data.data_root", "data.features", "data.glove")
 
@@ -570,7 +571,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     seed_everything(t.seed)  # the same initial weights in every process
     device = distributed.local_device(resolve_device(t.device))
-    if device.type == "cpu":
+    if device.type == "cpu" and t.keep_freed_memory:
         keep_freed_memory()  # large CPU activations reuse freed memory instead of page faults
     data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR)
     num_answers = len(data.answer_vocab)
