@@ -1,7 +1,7 @@
 """Probe: does the co-attention single out a named object when the image features are ideal?
 
 Splits the own-data model's failure on scenes of several objects into its two halves. One
-dataset of relational-shapes scenes (``lrcn.data.relational_shapes``, all question
+dataset of relational-shapes scenes (``lrcn.data.generators.relational_shapes``, all question
 families) is trained twice with the own-data preset and the same number of epochs:
 
 * **pixels**: as a user trains it, the small CNN learning from the images;
@@ -29,8 +29,8 @@ import numpy as np
 
 from lrcn_run import run_lrcn_train
 
-from lrcn.data.relational_shapes import write_vqa2_layout
-from lrcn.data.shapes_scenes import COLORS, QUESTION_FAMILIES, SHAPES, Scene
+from lrcn.data.generators.relational_shapes import write_vqa2_layout
+from lrcn.data.generators.shapes_scenes import COLORS, QUESTION_FAMILIES, SHAPES, Scene
 from lrcn.data.vqa2 import image_key
 from lrcn.features.store import StoreWriter
 

@@ -6,8 +6,8 @@ in the VizWiz layout with ``--task both``, unanswerability AP >= 90 and answer a
 
 The datasets are made here, unlike the bundled relational-shapes, to stand in for data the
 defaults were not chosen on: other seeds, image and object sizes, object counts and shapes
-(``--style``), written in the official layouts (``lrcn.data.relational_shapes`` and
-``lrcn.data.shapes_vizwiz``). Then it runs, as a user would,
+(``--style``), written in the official layouts (``lrcn.data.generators.relational_shapes`` and
+``lrcn.data.generators.shapes_vizwiz``). Then it runs, as a user would,
 
     lrcn train --dataset vqa2 --data-root D --train-split train2014 --val-split val2014
     lrcn train --dataset vizwiz --data-root D --task both
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from lrcn_run import run_lrcn_train
 
-from lrcn.data.relational_shapes import write_vqa2_layout
-from lrcn.data.shapes_scenes import SceneStyle
-from lrcn.data.shapes_vizwiz import write_vizwiz_layout
+from lrcn.data.generators.relational_shapes import write_vqa2_layout
+from lrcn.data.generators.shapes_scenes import SceneStyle
+from lrcn.data.generators.shapes_vizwiz import write_vizwiz_layout
 
 TARGET_SECONDS = 30 * 60
 POSITION_FAMILIES = ("left or right", "top or bottom")

@@ -21,8 +21,8 @@ import tempfile
 
 from lrcn_run import run_lrcn_train
 
-from lrcn.data.relational_shapes import RELATIONAL_SHAPES
-from lrcn.data.shapes_scenes import NON_RELATIONAL, RELATIONAL
+from lrcn.data.generators.relational_shapes import RELATIONAL_SHAPES
+from lrcn.data.generators.shapes_scenes import NON_RELATIONAL, RELATIONAL
 
 TARGETS = {"non-relational": 98.0, "relational": 94.0}
 TARGET_SECONDS = 20 * 60

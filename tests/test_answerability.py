@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from lrcn.data.shapes_scenes import SceneStyle
-from lrcn.data.shapes_vizwiz import write_vizwiz_layout
+from lrcn.data.generators.shapes_scenes import SceneStyle
+from lrcn.data.generators.shapes_vizwiz import write_vizwiz_layout
 
 # One object per photo, three colours: the model must compare the colour asked with it.
 STYLE = SceneStyle(image_size=32, object_size=10, objects=(1, 1),

@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import (
@@ -58,14 +60,20 @@ def easyvqa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- train
 
 
-def test_train_vqa2_run_folder(vqa2_run: tuple[Result, Path]) -> None:
+def test_train_vqa2_run_folder(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout) -> None:
     result, run = vqa2_run
     assert result.code == 0, result.err
     summary = result.json
     assert summary["run_dir"] == str(run) and summary["epochs"] == 2
-    assert 0.0 <= summary["overall"] <= 100.0 and summary["num_questions"] == 12
-    assert set(summary["per_answer_type"]) == {"yes/no", "number", "other"}
-    assert all(0.0 <= v <= 100.0 for v in summary["per_answer_type"].values())
+    # Every val question is scored once, and "overall" is the mean over questions: the
+    # per-answer-type figures weighted by how many questions of each type val has (6 yes/no,
+    # 3 number, 3 other), not their plain mean.
+    counts = Counter(answer_type for _, _, _, answer_type, _ in vqa2_layout.val_samples)
+    assert summary["num_questions"] == len(vqa2_layout.val_samples) == 12
+    per_type = summary["per_answer_type"]
+    assert set(per_type) == set(counts) == {"yes/no", "number", "other"}
+    assert summary["overall"] == pytest.approx(
+        sum(counts[t] * per_type[t] for t in counts) / sum(counts.values()), abs=1e-9)
 
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoints", "config.yaml", "curves.png", "metrics.jsonl"]
@@ -82,6 +90,7 @@ def test_train_vqa2_run_folder(vqa2_run: tuple[Result, Path]) -> None:
     best = max(metrics, key=lambda m: m["val"]["overall"])
     assert summary["best_epoch"] == best["epoch"] + 1
     assert summary["overall"] == best["val"]["overall"]
+    assert per_type == best["val"]["per_answer_type"]
     assert summary["train_loss"] == metrics[-1]["train_loss"]
 
     png = run / "curves.png"
@@ -105,6 +114,7 @@ def test_evaluate_val_then_score(vqa2_run: tuple[Result, Path], vqa2_layout: VQA
     assert summary["checkpoint"] == str(run / "checkpoints" / "best.pt")
     # The best checkpoint scores on val exactly what training reported for it.
     assert summary["overall"] == pytest.approx(trained.json["overall"], abs=1e-9)
+    assert summary["per_answer_type"] == pytest.approx(trained.json["per_answer_type"], abs=1e-9)
     assert summary["num_questions"] == 12
 
     written = json.loads(results.read_text(encoding="utf-8"))
@@ -166,6 +176,25 @@ def easyvqa_image() -> Path:
     return path
 
 
+def checkpoint_answer_scores(run: Path, image_path: Path, question: str) -> dict[str, float]:
+    """answer -> sigmoid(logit) for every answer of the checkpoint's vocabulary, computed with
+    the model rebuilt here from the checkpoint's config and weights."""
+    from lrcn.data.images import load_image, normalize, resize_transform
+    from lrcn.models import create_model
+
+    ckpt = load_checkpoint(run)
+    model = create_model(ckpt.config.model, len(ckpt.word_vocab), len(ckpt.answer_vocab))
+    model.load_state_dict(ckpt.model_state)
+    model.eval()
+    d = ckpt.config.data
+    tokens = torch.tensor([ckpt.word_vocab.encode(question, d.max_question_tokens)])
+    pixels = resize_transform(d.image_size)(load_image(image_path).convert("RGB"))
+    with torch.no_grad():
+        grid = model.encode_images(normalize(pixels.unsqueeze(0)))
+        probs = torch.sigmoid(model.forward_all(tokens, grid=grid).answer[0])
+    return {ckpt.answer_vocab.answer(i): p for i, p in enumerate(probs.tolist())}
+
+
 def test_predict_top_k(easyvqa_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_cli(capsys, "predict", "--checkpoint", easyvqa_run, "--image", easyvqa_image(),
                      "--question", "what color is the shape?", "--top-k", "3", "--json")
@@ -176,17 +205,24 @@ def test_predict_top_k(easyvqa_run: Path, capsys: pytest.CaptureFixture[str]) ->
     assert isinstance(answers, list) and len(answers) == 3
     assert all(set(a) == {"answer", "score"} for a in answers)
     scores = [a["score"] for a in answers]
-    assert all(0.0 <= s <= 1.0 for s in scores)
     assert scores == sorted(scores, reverse=True)
     vocab = load_checkpoint(easyvqa_run).answer_vocab
     assert all(a["answer"] in vocab for a in answers)
     assert len({a["answer"] for a in answers}) == 3
+    # The scores are the sigmoids of the checkpoint's answer logits, recomputed here.
+    expected = checkpoint_answer_scores(easyvqa_run, easyvqa_image(), "what color is the shape?")
+    top = sorted(expected.items(), key=lambda kv: kv[1], reverse=True)[:3]
+    assert [a["answer"] for a in answers] == [answer for answer, _ in top]
+    assert scores == pytest.approx([score for _, score in top], rel=1e-5, abs=1e-7)
 
     # More than there are answers: every answer once. Human output: one line per answer.
     every = run_cli(capsys, "predict", "--checkpoint", easyvqa_run, "--image", easyvqa_image(),
                     "--question", "what shape is it?", "--top-k", "1000", "--json")
     assert every.code == 0 and sorted(a["answer"] for a in every.json["answers"]) == \
         sorted(vocab.answers)
+    expected = checkpoint_answer_scores(easyvqa_run, easyvqa_image(), "what shape is it?")
+    assert {a["answer"]: a["score"] for a in every.json["answers"]} == \
+        pytest.approx(expected, rel=1e-5, abs=1e-7)
     human = run_cli(capsys, "predict", "--checkpoint", easyvqa_run, "--image", easyvqa_image(),
                     "--question", "what shape is it?", "--top-k", "2")
     assert human.code == 0 and human.out.splitlines()[0] == "Q: what shape is it?"

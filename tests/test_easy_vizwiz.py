@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from lrcn.data import build_easy_vizwiz, ensure_easy_vizwiz, load_split, read_vizwiz
-from lrcn.data import easy_vizwiz as ev
+from lrcn.data.generators import easy_vizwiz as ev
 from lrcn.data.registry import dataset_metric, dataset_names, default_splits
 from lrcn.data.vizwiz import CONFIDENCES, VIZWIZ_SPLITS, vizwiz_image_name
 from lrcn.errors import LrcnError

@@ -11,7 +11,7 @@ from conftest import read_metrics, run_cli, tiny_set_args
 from lrcn.cli import build_parser, train_config
 from lrcn.config import DEFAULT_PRESET, OWN_DATA_PRESET, TrainConfig, default_preset, load_config
 from lrcn.config.schedule import epochs_for_samples, image_passes_per_epoch
-from lrcn.engine.trainer import check_train_config
+from lrcn.engine.setup import check_train_config
 from lrcn.errors import LrcnError
 
 

@@ -17,7 +17,7 @@ from lrcn.data import AnswerVocab, cached_glove, load_split, read_vqa2
 from lrcn.data.glove import load_glove
 from lrcn.data.text import WordVocab
 from lrcn.engine.checkpoint import load_checkpoint
-from lrcn.engine.trainer import prepare_data
+from lrcn.engine.setup import prepare_data
 from lrcn.errors import LrcnError
 from lrcn.models import create_model
 

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from lrcn.data import RELATIONAL_SHAPES, load_split
-from lrcn.data import relational_shapes as rs
+from lrcn.data.generators import relational_shapes as rs
 from lrcn.data.registry import dataset_metric, dataset_names, default_splits
-from lrcn.data.shapes_scenes import (
+from lrcn.data.generators.shapes_scenes import (
     BACKGROUND, COLORS, QUESTION_FAMILIES, RELATIONAL, TEMPLATES, Scene, SceneObject,
     SceneStyle, ask, draw_scene, make_scene,
 )

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import Result, read_metrics, run_cli, run_cli_uncaptured, tiny_set_args
-from lrcn.engine import trainer
+from lrcn.engine import step
 from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
 from conftest import assert_one_line_error
 
@@ -201,8 +201,8 @@ def poison_losses(monkeypatch: pytest.MonkeyPatch, steps: set[int], how: str) ->
             return loss + (out.answer * 0).sum().sqrt()
         return loss * float(how)
 
-    original = trainer.task_loss
-    monkeypatch.setattr(trainer, "task_loss", task_loss)
+    original = step.task_loss
+    monkeypatch.setattr(step, "task_loss", task_loss)
 
 
 @pytest.mark.parametrize("how, extra", [("nan", []), ("inf", []),

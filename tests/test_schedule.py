@@ -24,7 +24,7 @@ from lrcn.config import (
 )
 from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.config.schedule import describe_schedule, lr_per_epoch, rescale_schedule
-from lrcn.engine.trainer import check_train_config
+from lrcn.engine.setup import check_train_config
 from lrcn.errors import LrcnError
 from conftest import assert_refused
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli, tiny_set_args
+from conftest import read_metrics, run_cli, tiny_set_args
 from lrcn.config import ModelConfig
 from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.engine.losses import answer_loss, task_loss
 from lrcn.errors import LrcnError
+from lrcn.evaluation.vizwiz import score_vizwiz_files
 from lrcn.models import create_model
 from lrcn.models.vqa_model import VQAOutput
-from vizwiz_layout import TRAIN, make_vizwiz_layout
+from vizwiz_layout import TEST, TRAIN, VAL, make_vizwiz_layout
 
 
 def test_soft_score_bce_is_the_papers_loss() -> None:
@@ -77,10 +78,34 @@ def test_train_both_tasks_on_vizwiz_then_write_both_submissions(
                      "--epochs", "2", "--out", run, "--json", *tiny_set_args())
     assert result.code == 0, result.err
     summary = result.json
-    assert 0 <= summary["overall"] <= 100
-    assert set(summary["per_answer_type"]) <= {"yes/no", "number", "other", "unanswerable"}
+    # The summary is the best epoch's (by answer accuracy) val record of metrics.jsonl ...
+    best = max(read_metrics(run), key=lambda m: m["val"]["overall"])
+    assert summary["best_epoch"] == best["epoch"] + 1 and summary["num_questions"] == len(VAL)
+    assert summary["overall"] == best["val"]["overall"]
+    assert summary["per_answer_type"] == best["val"]["per_answer_type"]
+    assert summary["answerability"] == best["val"]["answerability"]
+    assert set(summary["per_answer_type"]) == {"other", "unanswerable", "yes/no"}
     assert set(summary["answerability"]) == {"average_precision", "f1"}
-    assert 0 <= summary["answerability"]["average_precision"] <= 100
+    # ... which `lrcn evaluate` of best.pt reproduces from the two files it writes: the
+    # answers scored by the official VizWiz rule, and the answerability AP and F1 recomputed
+    # here (sklearn-free) from the written probabilities and the annotated labels.
+    best_val = run_cli(capsys, "evaluate", "--checkpoint", run, "--split", "val",
+                       "--results", tmp_path / "best_val.json", "--json")
+    assert best_val.code == 0, best_val.err
+    scored = score_vizwiz_files(vizwiz_root / "Annotations" / "val.json",
+                                best_val.json["results"])
+    assert scored["overall"] == pytest.approx(summary["overall"], abs=1e-9)
+    assert scored["per_answer_type"] == pytest.approx(summary["per_answer_type"], abs=1e-9)
+    probabilities = json.loads(Path(best_val.json["answerable_results"]).read_text())
+    assert [p["image"] for p in probabilities] == [f"VizWiz_val_{i:08d}.jpg"
+                                                  for i in range(len(VAL))]
+    labels = [int(answer_type != "unanswerable") for _, _, answer_type, _ in VAL]
+    unanswerable = [1 - label for label in labels]
+    p_unanswerable = [1.0 - p["answerable"] for p in probabilities]
+    assert summary["answerability"]["average_precision"] == pytest.approx(
+        100.0 * average_precision(unanswerable, p_unanswerable), abs=1e-9)
+    assert summary["answerability"]["f1"] == pytest.approx(
+        100.0 * f1_score(unanswerable, [p > 0.5 for p in p_unanswerable]), abs=1e-9)
 
     result = run_cli(capsys, "evaluate", "--checkpoint", run, "--split", "test", "--json")
     assert result.code == 0, result.err
@@ -90,7 +115,16 @@ def test_train_both_tasks_on_vizwiz_then_write_both_submissions(
     assert [a["image"] for a in answers] == images and all(isinstance(a["answer"], str)
                                                            for a in answers)
     assert [a["image"] for a in answerable] == images
-    assert all(0.0 <= a["answerable"] <= 1.0 for a in answerable)
+    # Each written answer and P(answerable) is what `lrcn predict` (one image, its own
+    # preprocessing) says about that test image and question.
+    for i, (_, question) in enumerate(TEST):
+        single = run_cli(capsys, "predict", "--checkpoint", run, "--image",
+                         vizwiz_root / "test" / images[i], "--question", question,
+                         "--top-k", "1", "--json")
+        assert single.code == 0, single.err
+        assert answers[i]["answer"] == single.json["answers"][0]["answer"]
+        assert answerable[i]["answerable"] == pytest.approx(single.json["answerable"],
+                                                            rel=1e-5, abs=1e-7)
 
     # the val split scored by evaluate equals what the last epoch logged
     result = run_cli(capsys, "evaluate", "--checkpoint", run / "checkpoints" / "last.pt",
@@ -111,6 +145,29 @@ def test_train_both_tasks_on_vizwiz_then_write_both_submissions(
                     result.json["results"], "--answerable", answerable_path_of_test(answerable,
                                                                                   tmp_path))
     assert wrong.code == 2 and "not for the images of" in wrong.err
+
+
+def average_precision(labels: list[int], scores: list[float]) -> float:
+    """sklearn's average precision, sum over thresholds of (R_n - R_{n-1}) * P_n, with one
+    threshold per distinct score, from the highest down."""
+    ranked = sorted(zip(scores, labels), reverse=True)
+    positives = sum(labels)
+    tp = fp = 0
+    ap = recall = 0.0
+    i = 0
+    while i < len(ranked):
+        score = ranked[i][0]
+        while i < len(ranked) and ranked[i][0] == score:
+            tp, fp, i = tp + ranked[i][1], fp + 1 - ranked[i][1], i + 1
+        ap += (tp / positives - recall) * tp / (tp + fp)
+        recall = tp / positives
+    return ap
+
+
+def f1_score(labels: list[int], predicted: list[bool]) -> float:
+    tp = sum(1 for y, p in zip(labels, predicted) if y and p)
+    wrong = sum(1 for y, p in zip(labels, predicted) if bool(y) != p)
+    return 2 * tp / (2 * tp + wrong) if tp + wrong else 0.0
 
 
 def answerable_path_of_test(records: list, tmp_path: Path) -> Path:

@@ -5,6 +5,7 @@ settings that cannot run are refused before anything is written."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ import torch
 from conftest import Result, read_metrics, run_cli, tiny_set_args
 from easyvqa_store import ADAM_EPS, store_args
 from lrcn.cli import build_parser, train_config
-from lrcn.engine import trainer
+from lrcn.data import load_split
+from lrcn.evaluation.score import score_vqa
+from lrcn.engine import setup, step
 from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.models import create_model
 from conftest import assert_refused
@@ -58,7 +61,7 @@ def test_fused_adam_matches_the_for_loop_adam() -> None:
     torch.manual_seed(0)
     model = create_model(cfg.model, 20, 5)
     reference = copy.deepcopy(model)
-    fused = trainer.make_optimizer(model, cfg.train)
+    fused = step.make_optimizer(model, cfg.train)
     assert fused.defaults["fused"] and not fused.defaults["foreach"]  # CPU has the fused kernel
     t = cfg.train
     loop = torch.optim.Adam(reference.parameters(), lr=t.lr, betas=t.betas, eps=t.eps,
@@ -99,15 +102,32 @@ def test_compile_trains_as_eager_and_saves_plain_keys(
 
 def test_bf16_autocast_trains_close_to_fp32(
         easyvqa_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not trainer.bf16_supported(torch.device("cpu")):  # this project's CPU: AVX-512 BF16
+    if not setup.bf16_supported(torch.device("cpu")):  # this project's CPU: AVX-512 BF16
         pytest.skip("this CPU has no bfloat16 kernels")
     run = ["--set", "data.train_limit=16", "--batch-size", "8", "--epochs", "1",
            "--set", "data.val_limit=20", *store_args(easyvqa_store)]
-    _train(capsys, tmp_path / "fp32", *run)
+    reference = _train(capsys, tmp_path / "fp32", *run).json
     summary = _train(capsys, tmp_path / "bf16", *run, "--precision", "bf16").json
     bf16, fp32 = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
     assert bf16 == pytest.approx(fp32, rel=2e-2) and bf16 != fp32  # close, but rounded
-    assert 0 <= summary["overall"] <= 100  # evaluation runs in fp32
+    # Two steps from the same seed: the bf16 weights answer as the fp32 ones do, give or take
+    # one of the 20 val questions.
+    assert summary["num_questions"] == reference["num_questions"] == 20
+    assert summary["overall"] == pytest.approx(reference["overall"], abs=100 / 20)
+    # Evaluation runs in fp32: the val accuracy the bf16 run reported is exactly what an fp32
+    # `lrcn evaluate` of its checkpoint scores on those 20 questions (the first of the split).
+    results = tmp_path / "bf16-results.json"
+    evaluated = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "bf16", "--split",
+                        "test", "--results", results, "--json")
+    assert evaluated.code == 0, evaluated.err
+    val = load_split("easyvqa", None, "test").records[:20]
+    predicted = {r["question_id"]: r["answer"]
+                 for r in json.loads(results.read_text(encoding="utf-8"))}
+    rescored = score_vqa({r.question_id: r.answers for r in val},
+                         {r.question_id: r.answer_type for r in val},
+                         {r.question_id: predicted[r.question_id] for r in val})
+    assert rescored.overall == pytest.approx(summary["overall"], abs=1e-9)
+    assert rescored.per_answer_type == pytest.approx(summary["per_answer_type"], abs=1e-9)
     state = load_checkpoint(tmp_path / "bf16").model_state
     assert all(v.dtype != torch.bfloat16 for v in state.values())
 
@@ -145,7 +165,7 @@ def test_settings_that_cannot_run_are_refused(
 def test_bf16_on_a_device_without_it_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(trainer, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(setup, "bf16_supported", lambda device: False)
     result = run_cli(capsys, "train", "--out", tmp_path / "run", "--precision", "bf16",
                      *tiny_set_args())
     assert_refused(result, "train", "--precision bf16: this CPU", "does not support bfloat16",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torchvision
 
-from conftest import TINY_SET, VQA2Layout
+from conftest import TINY_SET, VQA2Layout, run_cli_uncaptured
 from lrcn.config import RunConfig, apply_overrides
+from lrcn.evaluation.score import score_files
 from lrcn.engine.inference import load_model
 from lrcn.engine.trainer import train
 from lrcn.models.image_encoders import TorchvisionTrunk
@@ -47,9 +49,17 @@ def test_frozen_trunk_encodes_each_image_once(vqa2_layout: VQA2Layout, tmp_path:
 
     # 6 training and 3 validation images, each encoded once across both epochs.
     assert sum(encoded) == 6 + 3
-    assert 0.0 <= summary["overall"] <= 100.0
-    # The trunk's weights travel in the checkpoint: the model rebuilds without the file.
+    # The trunk's weights travel in the checkpoint: the model rebuilds without the file, and
+    # `lrcn evaluate` of it scores val exactly as training did (results scored officially).
     weights.unlink()
+    results = tmp_path / "val_results.json"
+    evaluated = run_cli_uncaptured("evaluate", "--checkpoint", tmp_path / "run", "--split",
+                                   "val2014", "--results", results, "--json")
+    assert evaluated.code == 0, evaluated.err
+    report = score_files(vqa2_layout.val_annotations, results)
+    assert len(report.per_question) == summary["num_questions"] == 12
+    assert report.overall == pytest.approx(summary["overall"], abs=1e-9)
+    assert report.per_answer_type == pytest.approx(summary["per_answer_type"], abs=1e-9)
     loaded = load_model(tmp_path / "run")
     trunk = loaded.model.encoder
     assert not any(p.requires_grad for p in trunk.parameters())

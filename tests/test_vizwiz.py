@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,14 @@ from typing import Any
 import pytest
 
 from conftest import tiny_set_args, write_json
-from vizwiz_layout import VAL, annotation, annotations, make_vizwiz_layout
+from vizwiz_layout import TRAIN, VAL, annotation, annotations, make_vizwiz_layout
 from lrcn.cli import main
 from lrcn.data import check_images, load_split, read_vizwiz
 from lrcn.data.records import VQARecord
 from lrcn.data.registry import dataset_names, default_splits
 from lrcn.data.vizwiz import ANSWER_TYPES, CONFIDENCES, VIZWIZ_SPLITS, vizwiz_image_name
 from lrcn.errors import LrcnError
+from lrcn.evaluation.vizwiz import score_vizwiz_files, vizwiz_accuracy
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -228,13 +230,33 @@ def test_cli_train_then_evaluate_test(layout: Path, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     capsys.readouterr()
-    code = main(["train", "--dataset", "vizwiz", "--data-root", str(layout), "--epochs", "1",
-                 "--out", str(run), "--json", *tiny_set_args()])
+    # Two epochs at a learning rate that lets the tiny model learn something in two steps.
+    code = main(["train", "--dataset", "vizwiz", "--data-root", str(layout), "--epochs", "2",
+                 "--lr", "1e-2", "--set", "train.warmup_epochs=0", "--out", str(run), "--json",
+                 *tiny_set_args()])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    summary = json.loads(captured.out.strip().splitlines()[-1])
-    assert 0.0 <= summary["overall"] <= 100.0 and summary["num_questions"] == 3
-    assert set(summary["per_answer_type"]) == {"other", "unanswerable", "yes/no"}
+    trained = json.loads(captured.out.strip().splitlines()[-1])
+    assert trained["num_questions"] == len(VAL) == 3
+    assert set(trained["per_answer_type"]) == {"other", "unanswerable", "yes/no"}
+    # At least as good on val as always giving the most common training answer
+    # ("unanswerable": 33.3); the untrained model answers "1" everywhere and scores 0.
+    most_common = Counter(a for *_, answers in TRAIN for a in answers).most_common(1)[0][0]
+    baseline = 100 * sum(vizwiz_accuracy(most_common, s[3]) for s in VAL) / len(VAL)
+    assert most_common == "unanswerable" and baseline == pytest.approx(100 / 3)
+    assert trained["overall"] >= baseline - 1e-9, trained
+
+    # The val accuracy training reported is the official VizWiz scoring of the answers that
+    # `lrcn evaluate` of its best checkpoint writes.
+    val_results = tmp_path / "val_results.json"
+    code = main(["evaluate", "--checkpoint", str(run), "--split", "val", "--results",
+                 str(val_results), "--json"])
+    assert code == 0, capsys.readouterr().err
+    scored = score_vizwiz_files(layout / "Annotations" / "val.json", val_results)
+    assert scored["num_questions"] == 3
+    assert scored["overall"] == pytest.approx(trained["overall"], abs=1e-9)
+    assert scored["per_answer_type"] == pytest.approx(trained["per_answer_type"], abs=1e-9)
+    capsys.readouterr()
 
     code = main(["evaluate", "--checkpoint", str(run), "--split", "test", "--json"])
     captured = capsys.readouterr()

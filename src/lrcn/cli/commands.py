@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lrcn.config import RunConfig, apply_overrides, load_config, preset_names
+from lrcn.config import RunConfig, apply_overrides, flag_fields, load_config, preset_names
 from lrcn.errors import LrcnError
 
 log = logging.getLogger("lrcn")
@@ -27,56 +27,53 @@ log = logging.getLogger("lrcn")
 # --------------------------------------------------------------------------- arguments
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that say where a split's data is (``evaluate``: ``args.dataset``, ...), as
+    ``train`` has them."""
+    _add_field_flags(p, {"data.dataset", "data.data_root", "data.features"}, qualified=False)
+
+
+def _add_field_flags(p: argparse.ArgumentParser, only: set[str] | None = None,
+                     qualified: bool = True) -> None:
+    """A flag for every config field that declares one (`lrcn.config.sections.option`), with
+    its help and choices; the value lands in ``args.<section>.<field>`` (``args.<field>``
+    unless `qualified`), None when not given. The registries give the names ``--dataset``
+    and ``--model`` accept."""
     from lrcn.data.registry import dataset_names
-    p.add_argument("--dataset", help=f"dataset name: {', '.join(dataset_names())}")
-    p.add_argument("--data-root", help="dataset folder in its official layout")
-    p.add_argument("--features", nargs="+", metavar="STORE",
-                   help="feature stores to read image grids from (lrcn features import/extract)")
+    from lrcn.models.registry import model_names
+
+    names = {"data.dataset": dataset_names, "model.arch": model_names}
+    for section, f in flag_fields():
+        key = f"{section}.{f.name}"
+        if only is not None and key not in only:
+            continue
+        meta = f.metadata
+        help_text = meta["help"]
+        if key in names:
+            help_text = f"{help_text}: {', '.join(names[key]())}"
+        kwargs: dict[str, Any] = {"dest": key if qualified else f.name, "help": help_text,
+                                  "default": None}
+        kind, metavar = _field_kind(f), meta["flag"].lstrip("-").upper()
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        elif kind is list:
+            kwargs.update(nargs="+", metavar=metavar)
+        else:
+            kwargs.update(type=kind, choices=meta["choices"],
+                          metavar=None if meta["choices"] else metavar)
+        p.add_argument(meta["flag"], **kwargs)
+
+
+def _field_kind(f: dataclasses.Field) -> type:
+    """bool, int, float, str or list: what a field's annotation holds (None aside)."""
+    text = str(f.type).replace(" | None", "")
+    return {"bool": bool, "int": int, "float": float, "str": str}.get(text, list)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """The configuration flags of ``train`` (and ``compare``); their choices are the sets
-    the modules that implement them define."""
-    from lrcn.engine.losses import ANSWER_LOSSES
-    from lrcn.models.lrcn import LRM_PLACEMENTS, VARIANTS
-    from lrcn.models.registry import model_names
-    from lrcn.models.vqa_model import TASKS
-
+    """The configuration flags of ``train`` (and ``compare``): the config fields' flags, then
+    ``--config`` and ``--set``."""
     p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or YAML file")
-    _add_dataset_flags(p)
-    p.add_argument("--train-split", help="split to train on; join several with '+', "
-                   "e.g. train2014+val2014+vg")
-    p.add_argument("--val-split", help="split to evaluate on after every epoch ('none': no "
-                   "evaluation)")
-    p.add_argument("--model", help=f"model: {', '.join(model_names())}")
-    p.add_argument("--task", choices=TASKS,
-                   help="train answer prediction, answerability (VizWiz), or both")
-    p.add_argument("--answer-loss", choices=ANSWER_LOSSES,
-                   help="bce: soft scores over all answers; ce: the most common answer")
-    p.add_argument("--skip-invalid", action="store_true", default=None,
-                   help="drop questions whose image is missing or unreadable (counted and listed)")
-    p.add_argument("--variant", choices=VARIANTS, help="LRCN stacking")
-    p.add_argument("--layers", type=int, help="number of layers L")
-    p.add_argument("--lrm", choices=LRM_PLACEMENTS, help="layer-residual placement")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="questions per optimizer step, over all "
-                   "processes and micro-batches")
-    p.add_argument("--accumulate", type=int, metavar="N",
-                   help="gradient accumulation: split each step's batch into N micro-batches, "
-                   "forwarded and backwarded one after another (less memory, the same gradient: "
-                   "the loss is a sum); the batch size must be divisible by N x processes")
-    # (the trainer's PRECISIONS: importing the trainer here would add 1.5 s to every command)
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="bf16: bfloat16 autocast for the forward pass and loss (needs a GPU or "
-                   "CPU with bfloat16 support)")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training forward pass")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="DataLoader worker processes per training process (default 0)")
-    p.add_argument("--lr", type=float, help="base learning rate")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--glove", help="GloVe text file for the word embeddings")
+    _add_field_flags(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set model.d_model=256 (repeatable)")
 
@@ -146,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests answered by one forward pass (default: %(default)s)")
     p.set_defaults(json=False)
 
+    from lrcn.cli.data import add_data_parser
     from lrcn.cli.features import add_features_parser
     add_features_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
@@ -157,9 +156,12 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     """Preset or file (with ``--resume``, the run's config.yaml), then the explicit flags, then
     ``--set`` overrides; the schedule then follows the epochs (`follow_epochs`)."""
     from lrcn.config import default_preset
-    from lrcn.data import default_splits
     from lrcn.config.schedule import follow_epochs
+    from lrcn.data import default_splits
 
+    flags = {key: value for key, value in vars(args).items()
+             if "." in key and value is not None}  # the config fields' flags given
+    dataset, features = flags.get("data.dataset"), flags.get("data.features")
     resume = getattr(args, "resume", None)
     if resume:  # the run's own config, which the flags may change where resuming allows
         if args.config or args.out:
@@ -169,31 +171,20 @@ def train_config(args: argparse.Namespace) -> RunConfig:
             raise LrcnError(f"no run to resume in {resume}: it has no config.yaml")
         source = str(Path(resume) / "config.yaml")
     else:
-        source = args.config or default_preset(args.dataset, bool(args.features))
+        source = args.config or default_preset(dataset, bool(features))
     cfg = load_config(source)
     stated = dataclasses.replace(cfg.train)  # the schedule as the preset or file states it
-    if args.dataset and args.dataset != cfg.data.dataset:
+    if dataset and dataset != cfg.data.dataset:
         # Another dataset than the preset's: start from that dataset's usual splits.
-        cfg.data.train_split, cfg.data.val_split = default_splits(args.dataset)
-    if args.val_split is not None and args.val_split.lower() == "none":
-        cfg.data.val_split = args.val_split = None
-    if args.features:
+        cfg.data.train_split, cfg.data.val_split = default_splits(dataset)
+    if flags.get("data.val_split", "").lower() == "none":
+        del flags["data.val_split"]
+        cfg.data.val_split = None
+    if features:
         cfg.model.image_encoder = "features"
-    flags = {
-        "data": {"dataset": args.dataset, "data_root": args.data_root,
-                 "train_split": args.train_split, "val_split": args.val_split,
-                 "glove": args.glove, "features": args.features,
-                 "skip_invalid": args.skip_invalid},
-        "model": {"arch": args.model, "task": args.task, "variant": args.variant,
-                  "layers": args.layers, "lrm": args.lrm},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                  "seed": args.seed, "device": args.device, "answer_loss": args.answer_loss,
-                  "accumulate": args.accumulate, "precision": args.precision,
-                  "compile": args.compile, "num_workers": args.workers},
-    }
-    for section, values in flags.items():
-        apply_overrides(getattr(cfg, section), {k: v for k, v in values.items() if v is not None},
-                        f"--{section} flags")
+    for key, value in flags.items():
+        section, _, name = key.partition(".")
+        apply_overrides(getattr(cfg, section), {name: value}, f"--{section} flags")
     explicit: set[str] = set()  # the SECTION.KEYs --set gave
     for item in args.set:
         key, sep, raw = item.partition("=")
@@ -202,7 +193,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
             raise LrcnError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION in data, model, train")
         apply_overrides(getattr(cfg, section), {name: yaml.safe_load(raw)}, f"--set {item}")
         explicit.add(key)
-    if (args.epochs is not None or "train.epochs" in explicit) and "train.samples" not in explicit:
+    if ("train.epochs" in flags or "train.epochs" in explicit) and "train.samples" not in explicit:
         cfg.train.samples = None  # epochs given for this run: not derived from the data's size
     follow_epochs(cfg.train, stated, f"preset {source}" if source in preset_names() else source,
                   explicit, resumed=bool(resume))
@@ -212,7 +203,8 @@ def train_config(args: argparse.Namespace) -> RunConfig:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train; under torchrun, in every process it started (see lrcn.engine.distributed)."""
     from lrcn.engine import distributed
-    from lrcn.engine.trainer import check_train_config, train
+    from lrcn.engine.setup import check_train_config
+    from lrcn.engine.trainer import train
 
     cfg = train_config(args)
     check_train_config(cfg, bool(args.resume))  # in every process, before any joins the group
@@ -370,14 +362,23 @@ def cmd_features(args: argparse.Namespace) -> dict[str, Any]:
     return run_features(args)
 
 
+def cmd_data(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.cli.data import run_data
+    return run_data(args)
+
+
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "score": cmd_score, "features": cmd_features,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "data": cmd_data}
 
 
 # --------------------------------------------------------------------------- output
 
 def print_human(command: str, summary: dict[str, Any]) -> None:
+    if command == "data":
+        from lrcn.cli.data import print_data
+        print_data(summary)
+        return
     if command == "compare":
         print(Path(summary["table"]).read_text(encoding="utf-8"), end="")
         return

@@ -1,4 +1,4 @@
-"""Typed run configuration: dataclasses with defaults, YAML presets and overrides on top.
+"""Typed run configuration: the sections (`lrcn.config.sections`), YAML presets and overrides.
 
 A run's whole resolved config is saved next to it (``config.yaml``) and inside every
 checkpoint, so the exact model and data pipeline can be rebuilt from the file alone.
@@ -12,7 +12,6 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,109 +19,21 @@ from typing import Any
 import yaml
 
 from lrcn.config.schedule import lr_per_epoch
+from lrcn.config.sections import (
+    ANSWER_LOSSES, DEVICES, GRID_REDUCTIONS, LRM_PLACEMENTS, POSITIONS, PRECISIONS, SECTIONS,
+    TASKS, VARIANTS, DataConfig, ModelConfig, RunConfig, TrainConfig, flag_fields, option,
+    resumable_fields,
+)
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
 
 
-@dataclass
-class DataConfig:
-    dataset: str = "easyvqa"          # a name from lrcn.data.registry (lrcn train --help lists them)
-    data_root: str | None = None      # dataset folder; easy-VQA needs none (bundled package)
-    train_split: str = "train"        # a split, or several joined by '+': train2014+val2014+vg
-    val_split: str | None = "test"    # evaluated after every epoch; None: no evaluation
-    features: list[str] = field(default_factory=list)  # feature stores (model.image_encoder: features)
-    train_limit: int | None = None    # use only the first N training questions (quick runs, tests)
-    val_limit: int | None = None      # use only the first N validation questions
-    max_question_tokens: int = 14     # m in the paper: questions are truncated/padded to this
-    min_word_count: int = 1           # words seen fewer times in training questions -> <unk>
-    answer_vocab_splits: str | None = None  # splits whose answers make the vocabulary; None: train_split
-    answer_min_count: int = 1         # answers seen fewer times are dropped (9: "more than 8")
-    answer_max_size: int | None = None  # keep at most this many most frequent answers
-    glove: str | None = None          # GloVe text file; learned embeddings when None
-    image_size: int = 64              # images are resized to image_size x image_size
-    cache_images: bool = True         # decode every image once and keep the pixels in memory...
-    image_cache_gb: float = 4.0       # ...unless they would take more than this; then decode per batch
-    skip_invalid: bool = False        # drop (count and list) records whose image is missing or unreadable
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "lrcn"                # a name from lrcn.models.registry (lrcn train --help lists them)
-    task: str = "answer"              # answer | answerable | both: which heads the model trains
-    variant: str = "ed"               # stacking: ed (encoder-decoder) | st (pure) | cst (co-stacking)
-    layers: int = 6                   # L
-    lrm: str = "sa"                   # layer-residual placement: none | sa | ga | both
-    cst_question_lrm: bool = True     # (choice) CSt question guided block's layer-residual path (off with lrm none)
-    d_model: int = 512                # D
-    heads: int = 8                    # h; head size is d_model // heads
-    ffn_dim: int = 2048               # FFN hidden size
-    dropout: float = 0.1
-    word_dim: int = 300               # word-embedding size (300 for GloVe)
-    pool_hidden: int = 512            # hidden size of the attention-pooling MLP
-    fused_dim: int = 1024             # width of the fused vector z
-    grid_reduction: str = "none"      # conv | avgpool | none: 16x16 -> 8x8 reduction of the grid
-    image_encoder: str = "small_cnn"  # small_cnn | features (precomputed) | a torchvision trunk name
-    encoder_channels: int = 64        # width of the small CNN's grid
-    encoder_weights: str | None = None  # state-dict file for a torchvision trunk
-    freeze_encoder: bool = True       # torchvision trunks only; the small CNN always trains
-    feature_channels: int = 2048      # C of precomputed grids when image_encoder is features
-    position: str = "none"            # none | coords | sincos | both: where each grid cell is (models/position.py)
-    distance_bias: bool = False       # LRCN: image self-attention heads biased by cell distance, near and far (models/position.py)
-    answerable_hidden: int = 0        # answerability head: 0 a linear read-out of z; N > 0 an MLP with N hidden units
-    fast_cpu: bool = True             # the CPU speed layer (one-pass numba dropout); False: plain PyTorch layers
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 13
-    # Train on about this many samples in all, whatever the dataset's size: a sample is a
-    # training question or a pass of an image through the image encoder (once per image and
-    # epoch with group_by_image, else once per question). Epochs become round(samples /
-    # samples per epoch) (at least 1), with the schedule stated for `epochs` rescaled to them
-    # (config/schedule.py). None: train `epochs` epochs. --epochs clears it.
-    samples: int | None = None
-    batch_size: int = 64              # questions per optimizer step, all processes and micro-batches
-    lr: float = 1e-4                  # base learning rate
-    warmup_epochs: int = 3            # lr = base * min(1, (epoch + 1) / (warmup_epochs + 1))
-    decay_epochs: list[int] = field(default_factory=lambda: [10, 12])
-    decay_rate: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-9
-    weight_decay: float = 0.0
-    grad_clip: float | None = None    # max gradient norm; None disables clipping
-    answer_loss: str = "bce"          # bce: soft scores over all answers | ce: the most common answer
-    answerable_weight: float = 1.0    # weight of the answerability loss with model.task both
-    seed: int = 0
-    device: str = "cpu"               # cpu | cuda
-    num_workers: int = 0              # DataLoader workers per process (--workers), kept across epochs
-    pin_memory: bool | None = None    # page-locked batches, faster copies to the GPU; None: on with cuda
-    # Gradient accumulation: each optimizer step's batch_size questions are split into this many
-    # micro-batches, forwarded and backwarded one after another (less memory), then one step.
-    # The loss is a sum over questions, so the gradient is exactly the whole batch's.
-    # batch_size must be divisible by accumulate x the number of processes (torchrun).
-    accumulate: int = 1
-    precision: str = "fp32"           # fp32 | bf16: bfloat16 autocast of forward and loss (weights stay fp32)
-    compile: bool = False             # torch.compile the training forward (evaluation and checkpoints: eager)
-    eval_batch_size: int = 256        # questions per evaluation batch, per process
-    group_by_image: bool = False      # an image's questions in one batch (encoder runs once); 1 process
-    # Optimizer steps between saves of checkpoints/last.pt within an epoch (counted from its
-    # start; every epoch end saves too); 0: epoch ends only. last.pt always holds all that
-    # `lrcn train --resume RUN` needs. A paper-size last.pt (0.9 GB) takes seconds to write:
-    # about 1% of 1000 steps on a GPU.
-    checkpoint_every: int = 1000
-    max_bad_steps: int = 10           # stop (with a checkpoint) after this many non-finite losses in a row; 0: never
-    # Linux/glibc: keep freed memory in the process instead of returning it to the kernel
-    # (engine/memory.py): +15% samples/s for the paper-size model on a CPU, at the cost of
-    # holding the peak heap for the process's life. Opt-in: it changes the whole process.
-    keep_freed_memory: bool = False
-
-
-@dataclass
-class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
+__all__ = [
+    "ANSWER_LOSSES", "DEVICES", "GRID_REDUCTIONS", "LRM_PLACEMENTS", "POSITIONS", "PRECISIONS",
+    "SECTIONS", "TASKS", "VARIANTS", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig",
+    "apply_overrides", "changed_fields", "config_from_dict", "config_to_dict", "default_preset",
+    "flag_fields", "load_config", "option", "preset_names", "resumable_fields", "save_config",
+]
 
 DEFAULT_PRESET = "easyvqa"
 # Users' own datasets (vqa2, vizwiz, ... layouts) trained from pixels: the configuration chosen

@@ -7,10 +7,14 @@ it like any other dataset.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lrcn.data.records import VQARecord, VQASplit
+from lrcn.data.registry import register_dataset
 from lrcn.errors import LrcnError
+
+log = logging.getLogger(__name__)
 
 EASYVQA_SPLITS = ("train", "test")
 
@@ -61,3 +65,10 @@ def read_easyvqa(split: str) -> VQASplit:
             )
         )
     return VQASplit(name=split, records=records, image_root=image_root)
+
+
+@register_dataset("easyvqa", train_split="train", val_split="test")
+def _load_easyvqa(root: str | None, split: str) -> VQASplit:
+    if root is not None:
+        log.warning("easyvqa reads the installed easy-vqa package; data_root %s is ignored", root)
+    return read_easyvqa(split)

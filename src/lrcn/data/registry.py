@@ -1,39 +1,47 @@
 """Dataset registry: a name in the config picks the reader that builds a split.
 
-Readers are functions ``(root, split) -> VQASplit`` registered with ``@register_dataset``,
-as in detectron2; ``load_split`` is the one way the rest of lrcn reads data.
+Readers are functions ``(root, split) -> VQASplit`` registered with ``@register_dataset``
+beside their code, as in detectron2 (``lrcn.data`` imports every reader module, which
+registers it); ``load_split`` is the one way the rest of lrcn reads data. A dataset lrcn
+generates itself also registers its ``GeneratedDataset``, which ``lrcn data build`` builds.
+Adding a dataset is one reader module with ``@register_dataset`` and one import line in
+``lrcn/data/__init__.py``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lrcn.data.easyvqa import read_easyvqa
-from lrcn.data.easy_vizwiz import ensure_easy_vizwiz
 from lrcn.data.records import VQASplit
-from lrcn.data.relational_shapes import RELATIONAL_SHAPES, SPLITS as RELATIONAL_SPLITS
-from lrcn.data.vizwiz import VIZWIZ_SPLITS, read_vizwiz
-from lrcn.data.vqa2 import read_vqa2
 from lrcn.errors import LrcnError
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from lrcn.data.generators.generated import GeneratedDataset
+
+__all__ = [
+    "DatasetReader", "dataset_metric", "dataset_names", "default_splits", "generated_dataset",
+    "generated_names", "load_split", "need_root", "register_dataset",
+]
 
 DatasetReader = Callable[[str | None, str], VQASplit]
 
 _DATASETS: dict[str, DatasetReader] = {}
 _DEFAULT_SPLITS: dict[str, tuple[str, str]] = {}
 _METRICS: dict[str, str] = {}
+_GENERATED: dict[str, GeneratedDataset] = {}
 
 
 def register_dataset(
-    name: str, train_split: str = "train", val_split: str = "val", metric: str = "vqa"
+    name: str, train_split: str = "train", val_split: str = "val", metric: str = "vqa",
+    generated: GeneratedDataset | None = None,
 ) -> Callable[[DatasetReader], DatasetReader]:
     """Decorator that registers a reader ``(root, split) -> VQASplit`` under ``name``.
 
     ``train_split`` and ``val_split`` are the splits a run uses when none are given;
-    ``metric`` is the official evaluator that scores it (``vqa`` or ``vizwiz``).
+    ``metric`` is the official evaluator that scores it (``vqa`` or ``vizwiz``);
+    ``generated``, for a dataset lrcn writes itself, is what builds it.
     """
 
     def decorator(reader: DatasetReader) -> DatasetReader:
@@ -42,9 +50,19 @@ def register_dataset(
         _DATASETS[name] = reader
         _DEFAULT_SPLITS[name] = (train_split, val_split)
         _METRICS[name] = metric
+        if generated is not None:
+            _GENERATED[name] = generated
         return reader
 
     return decorator
+
+
+def need_root(name: str, root: str | None, holding: str) -> str:
+    """``root``, or LrcnError saying what the folder of dataset ``name`` must hold."""
+    if root is None:
+        raise LrcnError(f"dataset {name} needs a data root (data.data_root / --data-root): "
+                        f"the folder holding {holding}")
+    return root
 
 
 def default_splits(name: str) -> tuple[str, str]:
@@ -63,6 +81,20 @@ def dataset_metric(name: str) -> str:
 def dataset_names() -> list[str]:
     """Registered dataset names, sorted."""
     return sorted(_DATASETS)
+
+
+def generated_names() -> list[str]:
+    """Names of the registered datasets that lrcn generates, sorted."""
+    return sorted(_GENERATED)
+
+
+def generated_dataset(name: str) -> GeneratedDataset:
+    """The generator of dataset ``name``; LrcnError listing the generated ones otherwise."""
+    if name not in _GENERATED:
+        what = (f"dataset {name!r} is read from its published files, not generated"
+                if name in _DATASETS else f"unknown dataset {name!r}")
+        raise LrcnError(f"{what}; generated datasets: {', '.join(generated_names())}")
+    return _GENERATED[name]
 
 
 def load_split(
@@ -101,47 +133,3 @@ def _join_splits(name: str, splits: list[VQASplit]) -> VQASplit:
                                 f"{seen} and {s.name}")
     records = [r for s in splits for r in s.records]
     return VQASplit(name=name, records=records, image_root=splits[0].image_root)
-
-
-@register_dataset("easyvqa", train_split="train", val_split="test")
-def _load_easyvqa(root: str | None, split: str) -> VQASplit:
-    if root is not None:
-        logger.warning("easyvqa reads the installed easy-vqa package; data_root %s is ignored", root)
-    return read_easyvqa(split)
-
-
-def _need_root(name: str, root: str | None, holding: str) -> str:
-    if root is None:
-        raise LrcnError(f"dataset {name} needs a data root (data.data_root / --data-root): "
-                        f"the folder holding {holding}")
-    return root
-
-
-@register_dataset("vqa2", train_split="train2014", val_split="val2014")
-def _load_vqa2(root: str | None, split: str) -> VQASplit:
-    root = _need_root("vqa2", root, "the VQA-v2 question/annotation JSON files and the COCO "
-                      "image folders")
-    return read_vqa2(root, split)
-
-
-@register_dataset("vizwiz", train_split="train", val_split="val", metric="vizwiz")
-def _load_vizwiz(root: str | None, split: str) -> VQASplit:
-    root = _need_root("vizwiz", root, "Annotations/<split>.json and the train/val/test image "
-                      "folders")
-    return read_vizwiz(root, split)
-
-
-@register_dataset("easy-vizwiz", train_split="train", val_split="val", metric="vizwiz")
-def _load_easy_vizwiz(root: str | None, split: str) -> VQASplit:
-    if split not in VIZWIZ_SPLITS:  # before a first build, not after it
-        raise LrcnError(f"easy-vizwiz has no split {split!r}; known splits: "
-                        f"{', '.join(VIZWIZ_SPLITS)}")
-    return read_vizwiz(ensure_easy_vizwiz(None if root is None else Path(root)), split)
-
-
-@register_dataset("relational-shapes", train_split="train2014", val_split="val2014")
-def _load_relational_shapes(root: str | None, split: str) -> VQASplit:
-    if split not in RELATIONAL_SPLITS:  # before a first build, not after it
-        raise LrcnError(f"relational-shapes has no split {split!r}; known splits: "
-                        f"{', '.join(RELATIONAL_SPLITS)}")
-    return read_vqa2(RELATIONAL_SHAPES.ensure(root), split)

@@ -27,6 +27,7 @@ from lrcn.json_records import (
     short_repr,
 )
 from lrcn.data.records import VQARecord, VQASplit
+from lrcn.data.registry import need_root, register_dataset
 from lrcn.errors import LrcnError
 
 __all__ = [
@@ -86,6 +87,13 @@ def read_vizwiz(root: str | Path, split: str) -> VQASplit:
             )
         )
     return VQASplit(name=split, records=records, image_root=root)
+
+
+@register_dataset("vizwiz", train_split="train", val_split="val", metric="vizwiz")
+def _load_vizwiz(root: str | None, split: str) -> VQASplit:
+    root = need_root("vizwiz", root, "Annotations/<split>.json and the train/val/test image "
+                     "folders")
+    return read_vizwiz(root, split)
 
 
 def read_vizwiz_file(path: str | os.PathLike[str],

@@ -23,6 +23,7 @@ from typing import Any
 
 from lrcn.json_records import check_record, find_json, iter_unique_records
 from lrcn.data.records import VQARecord, VQASplit
+from lrcn.data.registry import need_root, register_dataset
 from lrcn.errors import LrcnError
 
 VQA2_SPLITS = ("train2014", "val2014", "test2015", "test-dev2015", "vg")
@@ -101,6 +102,13 @@ def read_vqa2(root: str | Path, split: str) -> VQASplit:
             )
         )
     return VQASplit(name=split, records=records, image_root=root)
+
+
+@register_dataset("vqa2", train_split="train2014", val_split="val2014")
+def _load_vqa2(root: str | None, split: str) -> VQASplit:
+    root = need_root("vqa2", root, "the VQA-v2 question/annotation JSON files and the COCO "
+                     "image folders")
+    return read_vqa2(root, split)
 
 
 def _coco_image_dirs(

@@ -5,16 +5,18 @@ names, nor tell where it is. relational-shapes does: every 75x75 image holds six
 of distinct colours (circles, squares, triangles, 10 pixels wide, as in Sort-of-CLEVR), and
 its questions name one by its colour and ask its shape, which half of the image it is in,
 the shape of the object nearest to or furthest from it, how many objects share its shape,
-or whether two named objects have the same shape (``lrcn.data.shapes_scenes``).
+or whether two named objects have the same shape (``shapes_scenes``).
 
 It is written in the official VQA-v2 layout, so ``read_vqa2`` reads it and the VQA
 evaluator scores it: ``v2_OpenEnded_mscoco_<split>_questions.json``,
 ``v2_mscoco_<split>_annotations.json`` (``question_type`` is the question's family, so the
 per-question-type accuracy is the accuracy per family) and JPEGs
 ``<split>/COCO_<split>_<12 digits>.jpg`` for the splits ``train2014`` and ``val2014``.
-Built on first use into ``$LRCN_DATA_HOME`` (default ``~/.cache/lrcn``), deterministically:
-the same seed and sizes give the same bytes (numpy's random streams, Pillow's drawing and
-JPEG encoder).
+Deterministic: the same seed and sizes give the same bytes (numpy's random streams,
+Pillow's drawing and JPEG encoder). ``lrcn data build relational-shapes`` builds it, or the
+first ``load_split`` does, into ``data.data_root`` / ``--data-root`` if given, else
+``$LRCN_DATA_HOME/relational-shapes-v<VERSION>`` (default ``~/.cache/lrcn``); see
+``generated``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lrcn.data.generated import GeneratedDataset
-from lrcn.data.shapes_scenes import (
+from lrcn.data.generators.generated import GeneratedDataset, Progress
+from lrcn.data.generators.shapes_scenes import (
     QUESTION_FAMILIES, Scene, SceneStyle, ask, check_families, draw_scene, make_scene,
 )
-from lrcn.data.vqa2 import annotations_filename, image_key, questions_filename
+from lrcn.data.records import VQASplit
+from lrcn.data.registry import register_dataset
+from lrcn.data.vqa2 import annotations_filename, image_key, questions_filename, read_vqa2
 from lrcn.errors import LrcnError
 
 __all__ = ["DEFAULT_SIZES", "RELATIONAL_SHAPES", "SPLITS", "write_vqa2_layout"]
@@ -49,8 +53,8 @@ def write_vqa2_layout(out: Path, seed: int, sizes: dict[str, int],
                       style: SceneStyle = SceneStyle(),
                       families: tuple[str, ...] = QUESTION_FAMILIES,
                       questions_per_image: int = QUESTIONS_PER_IMAGE,
-                      on_scene: Callable[[str, int, Scene], None] | None = None
-                      ) -> dict[str, Any]:
+                      on_scene: Callable[[str, int, Scene], None] | None = None,
+                      progress: Progress | None = None) -> dict[str, Any]:
     """Write scenes and questions into ``out`` (which must exist) in the VQA-v2 layout.
 
     ``sizes`` gives the images per split; each split draws from its own random stream
@@ -58,8 +62,9 @@ def write_vqa2_layout(out: Path, seed: int, sizes: dict[str, int],
     each is asked equally often. Image ids run on across the splits, as COCO's do, so splits
     can be joined (``train2014+val2014``); question ids are ``image_id * 1000 + j`` for the
     image's ``j``-th question. ``on_scene(split, image_id, scene)``, when given, sees every
-    scene as it is drawn (benchmarks/binding_probe.py builds ideal features from them).
-    Returns a description of what was written (for the meta file).
+    scene as it is drawn (benchmarks/binding_probe.py builds ideal features from them);
+    ``progress(1)``, when given, is called as each image is written. Returns a description
+    of what was written (for the meta file).
     """
     _check_questions(families, questions_per_image, style)
     first_id = 1
@@ -74,6 +79,8 @@ def write_vqa2_layout(out: Path, seed: int, sizes: dict[str, int],
                 on_scene(split, image_id, scene)
             Image.fromarray(draw_scene(scene, style)).save(
                 out / image_key(split, image_id), "JPEG", quality=JPEG_QUALITY, subsampling=0)
+            if progress is not None:
+                progress(1)
             for j in range(questions_per_image):
                 q = None
                 while q is None:  # a family a scene cannot pose passes its turn on
@@ -120,3 +127,10 @@ RELATIONAL_SHAPES = GeneratedDataset(
                *(annotations_filename(s) for s in SPLITS)),
     default_seed=0, unit="images",
 )
+
+
+@register_dataset("relational-shapes", train_split="train2014", val_split="val2014",
+                  generated=RELATIONAL_SHAPES)
+def _load_relational_shapes(root: str | None, split: str) -> VQASplit:
+    RELATIONAL_SHAPES.check_split(split)
+    return read_vqa2(RELATIONAL_SHAPES.ensure(root), split)

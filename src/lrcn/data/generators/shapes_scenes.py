@@ -1,6 +1,6 @@
 """Scenes of several coloured shapes, and questions about them that need the image.
 
-The building blocks of the bundled relational dataset (``lrcn.data.relational_shapes``) and
+The building blocks of the bundled relational dataset (``relational_shapes``) and
 of the test data of the tests and benchmarks: a scene is a few objects, each a distinct
 colour, one of a few shapes, at a random place; questions name an object by its colour and
 ask about its attributes, where it is, and how it relates to the other objects, in the

@@ -8,7 +8,7 @@ and a share of the records unanswerable in one of two ways,
 * ``black``: a black photo (a lens cap) under an ordinary question (the photo alone tells).
 
 Used by the tests and by ``benchmarks/own_data.py``, which train on it as a user would on
-their own VizWiz-layout data; scenes and questions come from ``lrcn.data.shapes_scenes``.
+their own VizWiz-layout data; scenes and questions come from ``shapes_scenes``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lrcn.data.shapes_scenes import (
+from lrcn.data.generators.shapes_scenes import (
     QUESTION_FAMILIES, SceneStyle, ask, check_families, draw_scene, make_scene,
 )
 from lrcn.data.vizwiz import VIZWIZ_SPLITS, vizwiz_image_name
