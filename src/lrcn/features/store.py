@@ -34,7 +34,7 @@ import torch
 from numpy.lib.format import open_memmap, read_array_header_1_0, read_array_header_2_0, read_magic
 from tqdm import tqdm
 
-from lrcn.fileio import atomic_write
+from lrcn.fileio import atomic_write, commit_folder
 from lrcn.errors import LrcnError
 
 FORMAT_VERSION = 1
@@ -562,9 +562,11 @@ class StoreWriter:
                 "checksum": checksum}
         atomic_write(self.partial / "meta.json",
                      lambda f: f.write(json.dumps(meta, indent=2).encode()))
-        if self.out.exists():  # os.rename would silently replace an empty folder
-            raise LrcnError(f"{self.out} appeared while the store was being built; not replacing it")
-        os.rename(self.partial, self.out)
+        try:
+            commit_folder(self.partial, self.out)
+        except FileExistsError:
+            raise LrcnError(f"{self.out} appeared while the store was being built; "
+                            "not replacing it") from None
         # Removed only now: killed before the rename, a rerun still finds its resume point.
         (self.out / PROGRESS_FILE).unlink(missing_ok=True)
         return FeatureStore.open(self.out)

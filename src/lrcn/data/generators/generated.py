@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from lrcn.errors import LrcnError
+from lrcn.fileio import commit_folder
 
 __all__ = ["DATA_HOME_ENV", "GeneratedDataset", "Generate", "Progress", "data_home"]
 
@@ -145,7 +146,7 @@ class GeneratedDataset:
                             "(ensure reuses a complete build)")
         tmp = self._build_beside(root, self.default_seed if seed is None else seed, sizes)
         try:
-            tmp.rename(root)
+            commit_folder(tmp, root)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise LrcnError(f"cannot create {root}: {exc.strerror} "
@@ -212,7 +213,7 @@ class GeneratedDataset:
             old = root.parent / f".{root.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
             root.rename(old)
         try:
-            tmp.rename(root)
+            commit_folder(tmp, root)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not self.is_complete(root):
