@@ -18,7 +18,7 @@ import torch
 from conftest import run_cli
 from lrcn.errors import LrcnError
 from lrcn.features import FORMATS, FeatureStore, import_features
-from lrcn.cli.features import FORMAT_NAMES
+from lrcn.cli import main
 from lrcn.features.store import partial_path
 
 C = 16  # channels of the small gridfeats / openvqa files (--channels 16)
@@ -69,8 +69,11 @@ def trar_arrays(seed: int = 0, shape: tuple[int, ...] = (8, 8, 2048)) -> dict[st
 
 # --------------------------------------------------------------------------- imports
 
-def test_format_names_match_the_registry() -> None:
-    assert set(FORMAT_NAMES) == set(FORMATS)
+def test_the_cli_offers_every_registered_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["features", "import", "--help"])
+    assert stop.value.code == 0
+    assert f"--format {{{','.join(FORMATS)}}}" in capsys.readouterr().out
 
 
 def test_trar_import_round_trips_at_published_shape(tmp_path: Path, capsys) -> None:

@@ -1,7 +1,7 @@
 """``lrcn features import|extract|info|verify``: build and check feature stores.
 
-Only argparse at import: ``lrcn`` builds every parser on every call, and numpy/torch load
-inside ``run_features`` when a features command actually runs.
+Only argparse at import; the choices (formats, dtypes, backbones) come from the modules that
+define them when the parser is built.
 """
 
 from __future__ import annotations
@@ -14,37 +14,39 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAMES = ("trar", "gridfeats", "openvqa")  # = lrcn.features.formats.FORMATS (tested)
-DTYPE_NAMES = ("float16", "float32")
-
 
 def add_features_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``features`` and its actions to the ``lrcn`` subcommands."""
+    from lrcn.config import DEVICES
+    from lrcn.features.formats import FORMATS
+    from lrcn.features.store import DTYPES
+    from lrcn.models.image_encoders import TRUNK_NAMES
+
     p = sub.add_parser("features", help="build and check grid-feature stores",
                        description="Pack image features into one memory-mapped store.")
     actions = p.add_subparsers(dest="features_command", required=True, metavar="ACTION")
 
     a = actions.add_parser("import", help="pack published per-image feature files into a store")
-    a.add_argument("--format", required=True, choices=FORMAT_NAMES,
+    a.add_argument("--format", required=True, choices=list(FORMATS),
                    help="trar: (H, W, C) .npy grids; gridfeats: (1, C, H, W) .pth tensors; "
                         "openvqa: bottom-up .npz regions")
     a.add_argument("--src", required=True, help="folder of per-image files (searched recursively)")
     a.add_argument("--out", required=True, help="store folder to create (must not exist)")
-    a.add_argument("--dtype", choices=DTYPE_NAMES, default="float16")
+    a.add_argument("--dtype", choices=DTYPES, default="float16")
     a.add_argument("--channels", type=int, default=2048, help="feature channels C")
     a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
     a = actions.add_parser("extract", help="extract C5 grids of a torchvision trunk from images")
     a.add_argument("--images", required=True, help="image folder (.jpg/.jpeg/.png, recursive)")
     a.add_argument("--backbone", required=True,
-                   help="resnet50, resnet101, resnet152, resnext50_32x4d or resnext101_32x8d")
+                   help=f"torchvision trunk: {', '.join(TRUNK_NAMES)}")
     a.add_argument("--weights", help="torchvision state dict of the backbone")
     a.add_argument("--out", required=True, help="store folder to create (must not exist)")
     a.add_argument("--image-size", type=int, default=512,
                    help="images are resized to N x N; the grid is N/32 x N/32")
     a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    a.add_argument("--dtype", choices=DTYPE_NAMES, default="float16")
+    a.add_argument("--device", choices=DEVICES, default="cpu")
+    a.add_argument("--dtype", choices=DTYPES, default="float16")
     a.add_argument("--random-weights", action="store_true",
                    help="no weights file: random features, for tests only")
     a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
