@@ -14,15 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import lrcn
 from conftest import read_metrics, run_cli, tiny_set_args
 from easyvqa_store import ADAM_EPS, store_args, write_easyvqa_store
 from lrcn.data import load_split
 from lrcn.data.batches import EncodedSplit, batch_loader, set_epoch, shard_length
+from lrcn.data.records import VQARecord
+from lrcn.engine import distributed
 from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.data.pipeline import encode_for_model
 from lrcn.engine.inference import load_model, predict_split
+from lrcn.evaluation import build_evaluator
 
 
 def free_port() -> int:
@@ -77,6 +82,47 @@ def test_each_process_takes_its_share_of_every_batch(n: int) -> None:
             for b, share in enumerate(shares):
                 assert share[: real - b * batch // 2] == order[b * batch + rank:(b + 1) * batch:2]
         assert sizes[0] == sizes[1] and len(sizes[0]) == -(-n // batch)  # steps in lockstep
+
+
+def _gloo_records() -> list[VQARecord]:
+    return [VQARecord(question_id=f"{i}.jpg", image_key=f"{i}.jpg", question="what?",
+                      answers=("red",) * 7 + ("blue",) * 3, answer_type="other",
+                      answerable=i % 3 != 0) for i in range(11)]
+
+
+def _predict(rows: range) -> tuple[list[int], list[str], list[float]]:
+    return list(rows), ["red" if r % 2 else "blue" for r in rows], [r / 10 for r in rows]
+
+
+def _evaluate_in_group(rank: int, world_size: int, port: int, out: Path) -> None:
+    """Process `rank` of a gloo group: its share of the rows in a VizWiz evaluator gathered
+    by `all_gather_objects`; writes the report and results files under out/<rank>."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        evaluator = build_evaluator("vizwiz", _gloo_records(),
+                                    gather=distributed.all_gather_objects)
+        evaluator.process(*_predict(range(rank, 11, world_size)))
+        report = evaluator.evaluate()
+        evaluator.write_results(out / str(rank) / "results.json")
+        (out / str(rank) / "report.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluators_gather_with_all_gather_objects(tmp_path: Path) -> None:
+    """Two gloo processes, each evaluating its share, report and write what one process does."""
+    one = build_evaluator("vizwiz", _gloo_records(), gather=distributed.all_gather_objects)
+    one.process(*_predict(range(11)))
+    expected = one.evaluate()
+    assert "answerability" in expected
+    one.write_results(tmp_path / "one" / "results.json")
+    mp.spawn(_evaluate_in_group, args=(2, free_port(), tmp_path), nprocs=2)
+    for rank in ("0", "1"):
+        assert json.loads((tmp_path / rank / "report.json").read_text()) == expected
+        for name in ("results.json", "results_answerable.json"):
+            assert ((tmp_path / rank / name).read_bytes()
+                    == (tmp_path / "one" / name).read_bytes()), (rank, name)
 
 
 def test_two_processes_train_as_one(easyvqa_store: Path, tmp_path: Path,
@@ -176,7 +222,9 @@ def test_only_rank_0_writes(tmp_path: Path) -> None:
     encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab,
                                loaded.checkpoint.config.data, loaded.model.image_input(),
                                loaded.device)
-    val = predict_split(loaded.model, encoded, loaded.answer_vocab, 256, loaded.device).evaluate()
+    evaluator = build_evaluator("vqa", encoded.records)
+    val = predict_split(loaded.model, encoded, loaded.answer_vocab, 256, loaded.device,
+                        evaluator).evaluate()
     assert val == epochs[summary["best_epoch"] - 1]["val"]
 
 

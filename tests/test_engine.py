@@ -1,8 +1,7 @@
-"""Engine: lr schedule, run config, checkpoints, the evaluator, seeded training."""
+"""Engine: lr schedule, run config, checkpoints, seeded training."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from importlib import resources
@@ -26,7 +25,6 @@ from lrcn.config import (
     save_config,
 )
 from lrcn.data.answers import AnswerVocab
-from lrcn.data.records import VQARecord
 from lrcn.data.text import WordVocab
 from lrcn.engine.checkpoint import (
     FORMAT,
@@ -37,16 +35,12 @@ from lrcn.engine.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from lrcn.engine.evaluator import VQAEvaluator, write_results
 from lrcn.engine.inference import load_model
 from lrcn.config.schedule import lr_factor
 from lrcn.engine.trainer import train
 from lrcn.errors import LrcnError
 from lrcn.fileio import remove_unfinished_writes
-from lrcn.evaluation.score import read_results
 from lrcn.models import create_model
-
-VQA_EVAL = Path(__file__).parent / "data" / "vqa_eval"
 
 
 # --------------------------------------------------------------------------- schedule
@@ -356,94 +350,6 @@ def test_remove_unfinished_writes_takes_only_atomic_write_temporaries(tmp_path: 
     assert remove_unfinished_writes(tmp_path) == sorted([killed, nested])
     assert not killed.exists() and not nested.exists() and all(p.exists() for p in kept)
     assert remove_unfinished_writes(tmp_path) == []
-
-
-# --------------------------------------------------------------------------- evaluator
-
-
-def _records_of(annotations: Path, questions: Path | None = None) -> list[VQARecord]:
-    anns = json.loads(annotations.read_text(encoding="utf-8"))["annotations"]
-    return [VQARecord(question_id=a["question_id"], image_key=f"{a['image_id']}.jpg",
-                      question="q?", answers=tuple(x["answer"] for x in a["answers"]),
-                      answer_type=a["answer_type"], question_type=a["question_type"])
-            for a in anns]
-
-
-def test_evaluator_reproduces_official_numbers() -> None:
-    records = _records_of(VQA_EVAL / "annotations.json")
-    predicted = read_results(VQA_EVAL / "results.json")
-    expected = json.loads((VQA_EVAL / "expected.json").read_text(encoding="utf-8"))
-    evaluator = VQAEvaluator(records)
-    rows = list(range(len(records)))
-    # Two batches, processed out of order.
-    half = len(rows) // 2
-    for chunk in (rows[half:], rows[:half]):
-        evaluator.process(chunk, [predicted[records[r].question_id] for r in chunk])
-    report = evaluator.evaluate()
-    assert report["num_questions"] == len(records) == 400
-    assert report["overall"] == pytest.approx(expected["overall"], abs=1e-6)
-    assert report["per_answer_type"].keys() == expected["perAnswerType"].keys()
-    for answer_type, value in expected["perAnswerType"].items():
-        assert report["per_answer_type"][answer_type] == pytest.approx(value, abs=1e-6)
-    assert report["per_question_type"].keys() == expected["perQuestionType"].keys()
-    for question_type, value in expected["perQuestionType"].items():
-        assert report["per_question_type"][question_type] == pytest.approx(value, abs=1e-6)
-    assert report["question_type_counts"] == {"how many": 149, "is the": 130, "what is the": 121}
-
-    evaluator.reset()
-    assert evaluator.predictions == {} and evaluator.results() == []
-
-
-def test_evaluator_results_format(tmp_path: Path) -> None:
-    records = [VQARecord(question_id=q, image_key="a.jpg", question="what?",
-                         answers=("red",) * 10, answer_type="other") for q in (30, 10, 20)]
-    evaluator = VQAEvaluator(records)
-    evaluator.process([2, 0], ["blue", "red"])
-    evaluator.process([1], ["red"])
-    results = evaluator.results()
-    assert results == [{"question_id": 30, "answer": "red"}, {"question_id": 10, "answer": "red"},
-                       {"question_id": 20, "answer": "blue"}]  # record order
-    report = evaluator.evaluate()
-    assert report == {"overall": pytest.approx(200 / 3), "per_answer_type": {
-        "other": pytest.approx(200 / 3)}, "num_questions": 3}
-
-    path = tmp_path / "out" / "results.json"
-    write_results(results, path)
-    assert json.loads(path.read_text(encoding="utf-8")) == results
-    assert read_results(path) == {30: "red", 10: "red", 20: "blue"}  # what `score` reads
-    assert os.listdir(path.parent) == ["results.json"]
-
-
-def test_evaluator_per_question_type() -> None:
-    """Question types come from the records; untyped records (VG) are in no type, and
-    without any type (VizWiz, easy-VQA) the keys are absent."""
-    def record(qid: int, answer_type: str, question_type: str | None) -> VQARecord:
-        return VQARecord(question_id=qid, image_key="a.jpg", question="q?",
-                         answers=("red",) * 10, answer_type=answer_type,
-                         question_type=question_type)
-
-    records = [record(1, "other", "what color is the"), record(2, "yes/no", "is the"),
-               record(3, "other", "is the"), record(4, "other", None)]
-    evaluator = VQAEvaluator(records)
-    evaluator.process([0, 1, 2, 3], ["red", "blue", "red", "red"])
-    report = evaluator.evaluate()
-    assert report["per_question_type"] == pytest.approx({"is the": 50.0,
-                                                         "what color is the": 100.0})
-    assert report["question_type_counts"] == {"is the": 2, "what color is the": 1}
-    assert report["per_answer_type"] == pytest.approx({"other": 100.0, "yes/no": 0.0})
-    assert report["overall"] == pytest.approx(75.0) and report["num_questions"] == 4
-
-    untyped = VQAEvaluator([record(1, "other", None)], metric="vizwiz")
-    untyped.process([0], ["red"])
-    assert "per_question_type" not in untyped.evaluate()
-
-
-def test_evaluator_without_answers() -> None:
-    evaluator = VQAEvaluator([VQARecord(question_id=1, image_key="a.jpg", question="what?")])
-    evaluator.process([0], ["red"])
-    assert evaluator.results() == [{"question_id": 1, "answer": "red"}]
-    with pytest.raises(LrcnError, match="cannot score a split without answers"):
-        evaluator.evaluate()
 
 
 # --------------------------------------------------------------------------- training

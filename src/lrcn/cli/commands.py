@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lrcn.config import RunConfig, apply_overrides, flag_fields, load_config, preset_names
+from lrcn.config import DEVICES, RunConfig, apply_overrides, flag_fields, load_config, preset_names
 from lrcn.errors import LrcnError
 
 log = logging.getLogger("lrcn")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="split to evaluate")
     p.add_argument("--results", help="results file to write (default: <run>/results/<dataset>_<split>.json)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("predict", help="answer a question about one image")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--question", required=True)
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--attention-map", metavar="OUT.png",
                    help="also draw where the model looked (image heat map, shaded question "
                    "words, answers) into this PNG; missing folders are created")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest image file accepted, in MB (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=16,
@@ -243,11 +243,11 @@ def default_results_name(dataset: str, split: str) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.data import load_split
+    from lrcn.data.pipeline import encode_for_model
     from lrcn.data.registry import dataset_metric
     from lrcn.engine.checkpoint import resolve_checkpoint
-    from lrcn.engine.evaluator import write_results
-    from lrcn.data.pipeline import encode_for_model
     from lrcn.engine.inference import load_model, predict_split
+    from lrcn.evaluation import build_evaluator
 
     if args.batch_size < 1:
         raise LrcnError("--batch-size must be at least 1")
@@ -261,23 +261,15 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     split = load_split(dataset, root, args.split)
     encoded = encode_for_model(split, loaded.word_vocab, loaded.answer_vocab, d,
                                loaded.model.image_input(), loaded.device)
-    metric = dataset_metric(dataset)
-    evaluator = predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size,
-                              loaded.device, metric=metric)
+    evaluator = build_evaluator(dataset_metric(dataset), encoded.records)
+    predict_split(loaded.model, encoded, loaded.answer_vocab, args.batch_size, loaded.device,
+                  evaluator)
     results_path = Path(args.results) if args.results else (
         _run_dir_of(ckpt_path) / "results" / default_results_name(dataset, args.split))
     summary: dict[str, Any] = {"checkpoint": str(ckpt_path), "dataset": dataset,
-                               "split": args.split, "results": str(results_path)}
-    if metric == "vizwiz":  # two submissions: answers, and P(answerable) with that head
-        answers, answerable = evaluator.vizwiz_results()
-        write_results(answers, results_path)
-        if answerable is not None:
-            answerable_path = results_path.with_name(results_path.stem + "_answerable.json")
-            write_results(answerable, answerable_path)
-            summary["answerable_results"] = str(answerable_path)
-    else:
-        write_results(evaluator.results(), results_path)
-    log.info("wrote %d answers to %s", len(evaluator.predictions), results_path)
+                               "split": args.split}
+    summary.update(evaluator.write_results(results_path))  # results[, answerable_results]
+    log.info("wrote %d answers to %s", len(encoded), results_path)
     if split.has_answers:
         summary.update(evaluator.evaluate())
     else:

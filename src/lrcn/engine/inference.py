@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from lrcn.config import DEVICES
 from lrcn.data.answers import AnswerVocab
 from lrcn.data.batches import EncodedSplit, batch_loader, shard_length
 from lrcn.data.images import normalize
@@ -23,30 +24,34 @@ from lrcn.engine.checkpoint import (
     load_weights,
     resolve_checkpoint,
 )
-from lrcn.engine.evaluator import VQAEvaluator
 from lrcn.errors import LrcnError
+from lrcn.evaluation import DatasetEvaluator
 from lrcn.models import VQAModel, create_model
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device `name` (one of `DEVICES`) names, refused when it is not there."""
     if name == "cuda" and not torch.cuda.is_available():
         raise LrcnError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise LrcnError(f"unknown device {name!r}; use cpu or cuda")
+    if name not in DEVICES:
+        raise LrcnError(f"unknown device {name!r}; use {' or '.join(DEVICES)}")
     return torch.device(name)
 
 
 @torch.no_grad()
 def predict_split(model: VQAModel, split: EncodedSplit, answer_vocab: AnswerVocab,
-                  batch_size: int, device: torch.device, desc: str = "evaluating",
-                  metric: str = "vqa", rank: int = 0, world_size: int = 1) -> VQAEvaluator:
-    """Top-1 answer (and P(answerable) with that head) for every record, in an evaluator.
+                  batch_size: int, device: torch.device, evaluator: DatasetEvaluator,
+                  rank: int = 0, world_size: int = 1,
+                  desc: str = "evaluating") -> DatasetEvaluator:
+    """Fill `evaluator` (reset first) with the top-1 answer, and P(answerable) with that head,
+    of every record; return it.
 
     With `world_size` processes, this one (`rank`) answers only its share of the records:
-    rank, rank + world_size, ... (`batch_loader`), in batches of `batch_size`.
+    rank, rank + world_size, ... (`batch_loader`), in batches of `batch_size`; the
+    evaluator, given a gather function, merges the shares when it evaluates.
     """
     model.eval()
-    evaluator = VQAEvaluator(split.records, metric)
+    evaluator.reset()
     loader = batch_loader(split, len(answer_vocab), batch_size * world_size, shuffle=False,
                           rank=rank, world_size=world_size)
     left = shard_length(len(split), rank, world_size)  # the rest is padding

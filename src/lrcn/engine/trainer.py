@@ -30,6 +30,7 @@ from lrcn.engine.setup import Run, setup_run
 from lrcn.engine.signals import StopRequest, TrainingInterrupted
 from lrcn.engine.step import OptimizerStep, make_optimizer, training_step
 from lrcn.errors import LrcnError
+from lrcn.evaluation import build_evaluator
 from lrcn.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -213,14 +214,11 @@ def evaluate_split(run: Run) -> dict[str, Any]:
     metrics are the single-process ones. No metrics for a split without answers.
     """
     distributed.sync_buffers(run.model)
-    evaluator = predict_split(run.model, run.val_split, run.data.answer_vocab,
-                              run.cfg.train.eval_batch_size, run.device,
-                              metric=dataset_metric(run.cfg.data.dataset),
-                              rank=distributed.rank(), world_size=distributed.world_size())
-    if distributed.world_size() > 1:
-        shares = distributed.all_gather_objects((evaluator.predictions, evaluator.answerable))
-        evaluator.predictions = dict(sorted(p for share, _ in shares for p in share.items()))
-        evaluator.answerable = dict(sorted(a for _, share in shares for a in share.items()))
+    evaluator = build_evaluator(dataset_metric(run.cfg.data.dataset), run.val_split.records,
+                                gather=distributed.all_gather_objects)
+    predict_split(run.model, run.val_split, run.data.answer_vocab, run.cfg.train.eval_batch_size,
+                  run.device, evaluator, rank=distributed.rank(),
+                  world_size=distributed.world_size())
     return evaluator.evaluate() if run.val_split.target_index is not None else {}
 
 
