@@ -32,7 +32,7 @@ from lrcn_run import run_lrcn_train
 from lrcn.data.generators.relational_shapes import write_vqa2_layout
 from lrcn.data.generators.shapes_scenes import COLORS, QUESTION_FAMILIES, SHAPES, Scene
 from lrcn.data.vqa2 import image_key
-from lrcn.features.store import StoreWriter
+from lrcn.features.writer import StoreWriter
 
 GRID = 8
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lrcn.data import load_split
-from lrcn.features.store import StoreWriter
+from lrcn.features.writer import StoreWriter
 
 GRID = (4, 4, 8)  # (H, W, C) of every image
 

@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lrcn.errors import LrcnError
-from lrcn.features.store import FeatureStore, StoreWriter, image_stem, partial_path
+from lrcn.features.store import FeatureStore, image_stem, partial_path
+from lrcn.features.writer import StoreWriter
 
 KEYS = ["train2014/COCO_train2014_000000000009.jpg", "train2014/COCO_train2014_000000000025.jpg",
         "val2014/COCO_val2014_000000000042.jpg", "a/x.jpg", "b/x.png"]

@@ -14,7 +14,7 @@ import torch
 from conftest import TEST_IMAGES, TRAIN_IMAGES, VAL_IMAGES, VG_IMAGES, VQA2Layout, run_cli, \
     tiny_set_args
 from lrcn.engine.checkpoint import load_checkpoint
-from lrcn.features.store import StoreWriter
+from lrcn.features.writer import StoreWriter
 
 CHANNELS = 8
 IMAGES = {"train2014": TRAIN_IMAGES, "val2014": VAL_IMAGES, "test2015": TEST_IMAGES}

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from lrcn.data.images import ImageTable, normalize
 from lrcn.fileio import atomic_write
 from lrcn.errors import LrcnError
-from lrcn.features.store import DTYPES, PROGRESS_FILE, FeatureStore, StoreWriter, partial_path, sha256_file
+from lrcn.features.store import DTYPES, PROGRESS_FILE, FeatureStore, partial_path, sha256_file
+from lrcn.features.writer import StoreWriter
 from lrcn.models.image_encoders import TorchvisionTrunk
 
 log = logging.getLogger(__name__)

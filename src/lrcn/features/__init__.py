@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "FeatureStore": "lrcn.features.store",
-    "StoreWriter": "lrcn.features.store",
+    "StoreWriter": "lrcn.features.writer",
     "image_stem": "lrcn.features.store",
     "partial_path": "lrcn.features.store",
     "FORMATS": "lrcn.features.formats",

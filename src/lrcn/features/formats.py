@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from lrcn.errors import LrcnError
-from lrcn.features.store import DTYPES, FeatureStore, StoreWriter, read_npy_header
+from lrcn.features.store import DTYPES, FeatureStore, read_npy_header
+from lrcn.features.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
