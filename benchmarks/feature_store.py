@@ -35,9 +35,10 @@ import torch
 from lrcn.config import ModelConfig, TrainConfig, load_config
 from lrcn.data.batches import EncodedSplit, batch_loader
 from lrcn.data.records import VQARecord
-from lrcn.engine.trainer import make_optimizer, train_step, training_step
+from lrcn.engine.step import OptimizerStep, make_optimizer, training_step
 from lrcn.features.grids import StoreGrids, open_stores
-from lrcn.features.store import FeatureStore, StoreWriter
+from lrcn.features.store import FeatureStore
+from lrcn.features.writer import StoreWriter
 from lrcn.models import create_model
 
 GRID = (8, 8, 2048)
@@ -117,21 +118,26 @@ def model_config(size: str) -> ModelConfig:
     return cfg
 
 
+def cpu_optimizer_step(model: torch.nn.Module) -> OptimizerStep:
+    """The paper's Adam step on the CPU as ``lrcn train`` takes it, called as ``run([batch])``."""
+    t = TrainConfig()
+    return OptimizerStep(training_step(model, t, torch.device("cpu")), make_optimizer(model, t), t)
+
+
 def model_throughput(store_path: Path, steps: int) -> float:
     """Samples/s of the paper-size training step (forward, backward, Adam) on store batches."""
     split, keys = question_index(len(FeatureStore.open(store_path)), 10_000)
     split.grids = StoreGrids(open_stores([store_path]), keys, "benchmark")
     torch.manual_seed(0)
     model = create_model(model_config("paper"), VOCAB, NUM_ANSWERS)
-    optimizer = make_optimizer(model, TrainConfig())
-    step = training_step(model, TrainConfig(), torch.device("cpu"))
+    run_step = cpu_optimizer_step(model)
     batches = iter(batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=2))
     model.train()
-    train_step(step, [next(batches)], optimizer, TrainConfig())  # warm-up
+    run_step([next(batches)])  # warm-up
     data = [next(batches) for _ in range(steps)]  # loading is not what is timed here
     start = time.perf_counter()
     for batch in data:
-        train_step(step, [batch], optimizer, TrainConfig())
+        run_step([batch])
     return steps * BATCH / (time.perf_counter() - start)
 
 
@@ -151,13 +157,12 @@ def child(args: argparse.Namespace) -> None:
     split.grids = StoreGrids(open_stores([store_path]), keys, "benchmark")
     torch.manual_seed(0)
     model = create_model(model_config(args.rss_model), VOCAB, NUM_ANSWERS)
-    optimizer = make_optimizer(model, TrainConfig())
-    step = training_step(model, TrainConfig(), torch.device("cpu"))
+    run_step = cpu_optimizer_step(model)
     rss_setup = peak_rss_mb()
     model.train()
     start, steps = time.perf_counter(), 0
     for batch in batch_loader(split, NUM_ANSWERS, BATCH, shuffle=True, seed=3):
-        train_step(step, [batch], optimizer, TrainConfig())
+        run_step([batch])
         steps += 1
         if steps == args.steps:
             break

@@ -4,10 +4,11 @@ The step is forward, summed BCE over 3,129 answers, backward and Adam, batch 64,
 8 heads, FFN 2048, L = 6, 14 question tokens and 8x8x2048 grid features (pre-pooled, so no
 16->8 convolution), dropout 0.1, in training mode. In the same run it measures:
 
-- ``samples_per_s`` of the model as the package builds it (fused projections, SDPA, one-pass
-  counter-based dropout, fused Adam) and of the same weights written plainly
-  (``lrcn.models.plain``: ``nn.MultiheadAttention``, ``nn.Dropout``, ``torch.optim.Adam``
-  defaults), timed in alternating rounds so machine noise hits both alike: ``speedup_vs_plain``;
+- ``samples_per_s`` of the model as the package builds it (``model.fast_cpu``, the default:
+  fused projections, SDPA, one-pass counter-based dropout; fused Adam) and of the same weights
+  written plainly (``plain_lrcn.py`` beside this file: ``nn.MultiheadAttention``,
+  ``nn.Dropout``, ``torch.optim.Adam`` defaults), timed in alternating rounds so machine noise
+  hits both alike: ``speedup_vs_plain``;
 - the analytic FLOPs of a training step per sample (matrix multiplies only, as MFU counts
   them; cross-checked against ``torch.utils.flop_counter``), the achieved FLOP/s, the fp32
   matrix-multiply peak of this machine (best of square ``torch.mm`` sizes), and ``mfu`` =
@@ -21,8 +22,9 @@ the higher of the two readings around it; ``mfu`` is the median over rounds, as 
 is the median of the rounds' side-by-side ratios. ``mfu_vs_run_peak`` divides the median
 throughput by the highest reading of the whole run instead, a lower bound that mixes moments.
 
-Like ``lrcn train``, it first makes glibc reuse freed memory (``lrcn.engine.memory``); both
-models run under that setting. Each model first runs ``--warmup`` steps: the process's heap
+It opts in to glibc reusing freed memory first, calling ``lrcn.engine.memory.keep_freed_memory``
+itself (``lrcn train`` does so only with ``train.keep_freed_memory``); both models run under
+that setting. Each model first runs ``--warmup`` steps: the process's heap
 grows to its steady size over the first three or so steps (hundreds of thousands of first-touch
 page faults, 1-2 s a step), which a training run of thousands of steps pays once.
 ``--profile`` prints where the package's step spends its time.
@@ -46,10 +48,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from feature_store import BATCH, GRID, NUM_ANSWERS, TOKENS, VOCAB, model_config
 from lrcn.config import ModelConfig, TrainConfig
 from lrcn.engine.memory import keep_freed_memory
-from lrcn.engine.trainer import make_optimizer, train_step, training_step
+from lrcn.engine.step import OptimizerStep, make_optimizer, training_step
 from lrcn.models import create_model
-from lrcn.models.plain import plain_copy
 from lrcn.models.vqa_model import VQAModel
+from plain_lrcn import plain_copy
 
 TRAIN = TrainConfig()  # the paper's Adam; dropout 0.1 is the model's
 CPU = torch.device("cpu")
@@ -106,17 +108,15 @@ def synthetic_batch(seed: int = 0) -> dict[str, torch.Tensor]:
             "grid": torch.randn(BATCH, *GRID, generator=g), "target": target}
 
 
-def step(training: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         batch: dict[str, torch.Tensor]) -> None:
-    """One optimizer step as ``lrcn train`` takes it (`training` from `training_step`)."""
-    train_step(training, [batch], optimizer, TRAIN)
+def optimizer_step(model: VQAModel, optimizer: torch.optim.Optimizer) -> OptimizerStep:
+    """One optimizer step as ``lrcn train`` takes it, called as ``run([batch])``."""
+    return OptimizerStep(training_step(model, TRAIN, CPU), optimizer, TRAIN)
 
 
-def counted_flops(training: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  batch: dict[str, torch.Tensor]) -> int:
+def counted_flops(run: OptimizerStep, batch: dict[str, torch.Tensor]) -> int:
     """Matrix-multiply FLOPs of one step per question, as torch's FLOP counter sees them."""
     with FlopCounterMode(display=False) as counter:
-        step(training, optimizer, batch)
+        run([batch])
     return counter.get_total_flops() // BATCH
 
 
@@ -133,14 +133,13 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
     return best
 
 
-def profile_step(training: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 batch: dict[str, torch.Tensor], steps: int = 2) -> None:
+def profile_step(run: OptimizerStep, batch: dict[str, torch.Tensor], steps: int = 2) -> None:
     """Print the step's time by operator (self time, summed over `steps` steps) to stderr."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step(training, optimizer, batch)
+            run([batch])
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25),
           file=sys.stderr)
 
@@ -162,7 +161,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the step's operator profile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    keep_freed_memory()
+    keep_freed_memory()  # opted in here, for both models alike (see the docstring)
 
     cfg = paper_config()
     flops_per_sample = train_flops(cfg)
@@ -172,29 +171,28 @@ def main() -> None:
     plain_adam = torch.optim.Adam(plain.parameters(), lr=TRAIN.lr, betas=TRAIN.betas,
                                   eps=TRAIN.eps)  # torch's defaults: no fused kernel
     runs = {
-        "fast": (training_step(fast, TRAIN, CPU), make_optimizer(fast, TRAIN)),
-        "plain": (training_step(plain, TRAIN, CPU), plain_adam),
-        "fast_no_dropout": (training_step(fast_no_dropout, TRAIN, CPU),
-                            make_optimizer(fast_no_dropout, TRAIN)),
+        "fast": optimizer_step(fast, make_optimizer(fast, TRAIN)),
+        "plain": optimizer_step(plain, plain_adam),
+        "fast_no_dropout": optimizer_step(fast_no_dropout, make_optimizer(fast_no_dropout, TRAIN)),
     }
-    counted = counted_flops(*runs["fast"], batch)
+    counted = counted_flops(runs["fast"], batch)
     uncounted = 3 * forward_flops(cfg)["lstm"]  # torch's counter has no formula for the LSTM
     if abs(counted + uncounted - flops_per_sample) > 0.001 * flops_per_sample:
         sys.exit(f"analytic FLOPs {flops_per_sample:,} disagree with torch's counter {counted:,} "
                  f"+ LSTM {uncounted:,}")
     for _ in range(args.warmup):
-        for training, optimizer in runs.values():
-            step(training, optimizer, batch)
+        for run in runs.values():
+            run([batch])
     if args.profile:
-        profile_step(*runs["fast"], batch)
+        profile_step(runs["fast"], batch)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     bracket_peaks: dict[str, list[float]] = {name: [] for name in runs}
     peaks = [matmul_peak()]
     for r in range(args.rounds):
-        for name, (training, optimizer) in runs.items():
+        for name, run in runs.items():
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(training, optimizer, batch)
+                run([batch])
             seconds[name].append((time.perf_counter() - start) / args.steps)
             peaks.append(matmul_peak())
             bracket_peaks[name].append(max(peaks[-2:]))  # the readings just before and after

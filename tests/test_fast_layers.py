@@ -1,16 +1,23 @@
-"""The fast layers against torch's plain ones: one-pass dropout, attention, the whole LRCN."""
+"""The fast layers against torch's plain ones: one-pass dropout, attention, the whole LRCN;
+and ``model.fast_cpu: false``, the same model without the CPU speed layer."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lrcn.models import LRCN
+from lrcn.models import LRCN, create_model, model_names
+from lrcn.models import dropout as dropout_module
 from lrcn.models.dropout import Dropout, dropout, relu_dropout
-from lrcn.models.layers import FeedForward, KeyMask, MultiHeadAttention
-from lrcn.models.plain import PlainAttention, plain_copy
+from lrcn.models.layers import AttentionPool, FeedForward, KeyMask, MultiHeadAttention
 from conftest import ANSWERS, CHANNELS, VOCAB, tiny_lrcn_cfg, tokens_with_pads
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # the plain reference model
+from plain_lrcn import PlainAttention, plain_copy  # noqa: E402
 
 
 def _keep(shape: tuple[int, ...], p: float) -> torch.Tensor:
@@ -264,3 +271,53 @@ def test_inplace_dropout_overwrites_its_input_with_the_same_result(fn, batch_sha
     saved = torch.randn(50, 300, dtype=dtype, requires_grad=True).exp()  # exp's backward needs its output
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         fn(saved.view(*batch_shape, 300), 0.3, True, inplace=True).sum().backward()
+
+
+# --- model.fast_cpu: false, the same models without the CPU speed layer ---------------------
+
+FAST_LAYERS = (Dropout, MultiHeadAttention, FeedForward, AttentionPool)
+
+
+def _fast_flags(model: torch.nn.Module) -> set[bool]:
+    return {m.fast for m in model.modules() if isinstance(m, FAST_LAYERS)}
+
+
+def _train_step(model: torch.nn.Module) -> None:
+    tokens, grid, mask = _inputs()
+    model.train()(tokens, grid=grid, grid_mask=mask).sum().backward()
+
+
+@pytest.mark.parametrize("arch", model_names())
+def test_fast_cpu_false_trains_without_the_kernels(arch: str, monkeypatch) -> None:
+    """The switch reaches every layer when the model is built; with it off, dropout and
+    attention are torch's own and a training step never loads numba's kernels."""
+    def no_kernels():
+        raise RuntimeError("the numba kernels were asked for")
+
+    monkeypatch.setattr(dropout_module, "_numba_kernels", no_kernels)
+    torch.manual_seed(0)
+    plain = create_model(tiny_lrcn_cfg(arch=arch, dropout=0.3, fast_cpu=False), VOCAB, ANSWERS)
+    assert _fast_flags(plain) <= {False}
+    _train_step(plain)
+    assert all(p.grad is not None for n, p in plain.named_parameters() if "embed" not in n)
+    fast = create_model(tiny_lrcn_cfg(arch=arch, dropout=0.3), VOCAB, ANSWERS)
+    assert _fast_flags(fast) <= {True}
+    if _fast_flags(fast):  # the patch bites: the default model does ask for the kernels
+        with pytest.raises(RuntimeError, match="numba kernels"):
+            _train_step(fast)
+
+
+@pytest.mark.parametrize("arch", model_names())
+def test_fast_cpu_true_and_false_are_the_same_function(arch: str) -> None:
+    """The same seed gives the same weights either way, and equal outputs in eval mode."""
+    models = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        models.append(create_model(tiny_lrcn_cfg(arch=arch, fast_cpu=fast), VOCAB, ANSWERS))
+    fast, plain = models
+    torch.testing.assert_close(fast.state_dict(), plain.state_dict(), rtol=0, atol=0)
+    tokens, grid, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(tokens, grid=grid, grid_mask=mask),
+                                   plain.eval()(tokens, grid=grid, grid_mask=mask),
+                                   rtol=0, atol=0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ANSWERS, CHANNELS, VOCAB, tiny_lrcn_cfg, tokens_with_pads
 
-from lrcn.config import ModelConfig
+from lrcn.config import LRM_PLACEMENTS, VARIANTS, ModelConfig
 from lrcn.errors import LrcnError
 from lrcn.models import (
     LRCN,
@@ -23,8 +23,6 @@ from lrcn.models import (
 from lrcn.models.layers import AttentionPool, MultiHeadAttention
 from lrcn.models.lrcn import ImageSGA, QuestionGA
 
-VARIANTS = ["ed", "st", "cst"]
-LRMS = ["none", "sa", "ga", "both"]
 def ref_attention(mha: MultiHeadAttention, q_in, kv_in, key_mask=None) -> torch.Tensor:
     """Multi-head attention written out from the module's weights, for comparison."""
     D, h = q_in.shape[-1], mha.heads
@@ -48,7 +46,7 @@ def ref_attention(mha: MultiHeadAttention, q_in, kv_in, key_mask=None) -> torch.
 # --- registry-wide smoke tests -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lrm", LRMS)
+@pytest.mark.parametrize("lrm", LRM_PLACEMENTS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_backward_shapes(variant: str, lrm: str) -> None:
     """Every LRCN stacking and placement (the baselines are tested in test_baselines.py)."""
@@ -137,7 +135,7 @@ def test_lrm_adds_no_parameters_but_changes_outputs() -> None:
         assert not torch.allclose(plain(tokens, grid), with_lrm(tokens, grid), atol=1e-4)
 
 
-@pytest.mark.parametrize("lrm", LRMS)
+@pytest.mark.parametrize("lrm", LRM_PLACEMENTS)
 def test_sga_layer_matches_the_equations(lrm: str) -> None:
     torch.manual_seed(0)
     layer = ImageSGA(16, 2, 32, 0.1, lrm).eval()

@@ -11,8 +11,9 @@ from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
 from lrcn.models import create_model
 from lrcn.models.layers import MultiHeadAttention
+from lrcn.config import POSITIONS
 from lrcn.models.position import (
-    POSITIONS, SELF_BIAS, DistanceBias, cell_centres, distance_slopes, region_centres,
+    SELF_BIAS, DistanceBias, cell_centres, distance_slopes, region_centres,
     sincos_encoding,
 )
 

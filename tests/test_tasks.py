@@ -61,7 +61,7 @@ def test_answerability_head_on_every_model(arch: str) -> None:
     assert out.answer.shape == (2, 7) and out.answerable.shape == (2,)
     assert plain.answerable_head is None
     assert model.num_parameters() == plain.num_parameters() + 12 + 1
-    with pytest.raises(LrcnError, match="model.task = 'maybe'"):
+    with pytest.raises(LrcnError, match="model.task must be one of answer, answerable, both, got 'maybe'"):
         create_model(ModelConfig(**{**cfg.__dict__, "task": "maybe"}), 20, 7)
 
 

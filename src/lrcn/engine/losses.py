@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lrcn.config import ANSWER_LOSSES
 from lrcn.errors import LrcnError
 from lrcn.models.vqa_model import VQAOutput
 
-ANSWER_LOSSES = ("bce", "ce")
+
 
 
 def answer_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:

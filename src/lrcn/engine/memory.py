@@ -8,6 +8,15 @@ trimming raised, freed blocks are reused instead: on the 2-core CPU the paper-si
 from ~56,000 to ~9,000 page faults and from 14.0 to 16.5 samples/s, measured side by side
 (see benchmarks/train_throughput.py). The process keeps its peak heap for its lifetime, as
 PyTorch's caching allocator does on GPUs; the peak itself does not change.
+
+Opt-in, since it changes the whole process: ``lrcn train`` calls `keep_freed_memory` only with
+``train.keep_freed_memory: true`` (on the CPU), and benchmarks/train_throughput.py calls it
+itself. Any process can instead be launched with glibc's own environment variables, read when
+glibc starts (the aliases of its tunables glibc.malloc.mmap_max and .trim_threshold; checked on
+glibc 2.36 by page faults, which stop for a freed and re-allocated 64 MiB block):
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 lrcn train ...
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647 lrcn train ...
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ M_MMAP_MAX = -4
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc's malloc reuse freed memory rather than return it; False where not glibc."""
+    """Make glibc's malloc reuse freed memory rather than return it, for the rest of the process;
+    False where not glibc (or where glibc refuses)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -13,7 +13,9 @@ the model, which concatenates the modalities it uses and answers through an MLP 
 ``TextOnly`` only q and ``ImageOnly`` only v; together they show what each modality contributes.
 All three have LRCN's interface (``forward_features`` -> ``LRCNOutput``, ``forward_head``,
 ``num_parameters``, ``grid_channels``, ``fused_dim``), plus the flags ``uses_image`` and
-``uses_question``.
+``uses_question``. Their registrations (``model.arch``: cnn_lstm, text_only, image_only) close
+the file. ``model.fast_cpu`` reaches the attention pooling (`lrcn.models.layers`); the fusion
+MLP's dropout is ``nn.Dropout`` either way (its (B, fused_dim) mask is small).
 
 Padding: questions are right-padded with id 0. The LSTM runs on packed sequences of the true
 lengths, so neither direction reads a pad, and pooling masks the pads; masked image cells are
@@ -32,8 +34,9 @@ from torch import nn
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
 from lrcn.models.layers import AttentionPool, word_embedding
-from lrcn.models.lrcn import LRCNOutput
 from lrcn.models.position import GridPosition, region_centres
+from lrcn.models.registry import register_model
+from lrcn.models.vqa_model import LRCNOutput, VQAModel, build_vqa_model
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class QuestionEncoder(nn.Module):
         dropout: dropout inside the attention-pooling MLP.
         word_vectors: optional (vocab_size, word_dim) matrix (GloVe) that initialises the
             embedding; learned from scratch when None.
+        fast: the pooling's CPU speed layer (``model.fast_cpu``).
     """
 
     def __init__(
@@ -59,12 +63,13 @@ class QuestionEncoder(nn.Module):
         pool_hidden: int,
         dropout: float,
         word_vectors: torch.Tensor | None = None,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         self.embed = word_embedding(vocab_size, word_dim, word_vectors)
         self.lstm = nn.LSTM(word_dim, d_model // 2, num_layers=1, batch_first=True,
                             bidirectional=True)
-        self.pool = AttentionPool(d_model, pool_hidden, dropout)
+        self.pool = AttentionPool(d_model, pool_hidden, dropout, fast=fast)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, T), right-padded with 0 -> question vectors (B, D) and weights (B, T).
@@ -146,7 +151,8 @@ class LateFusion(nn.Module):
     Use the subclasses ``CNNLSTM``, ``TextOnly`` and ``ImageOnly``.
 
     Args:
-        cfg: the model configuration; reads d_model, word_dim, pool_hidden, fused_dim, dropout.
+        cfg: the model configuration; reads d_model, word_dim, pool_hidden, fused_dim, dropout,
+            position and fast_cpu.
         vocab_size: number of question tokens, id 0 being the pad.
         num_answers: K, the width of the answer logits.
         grid_channels: C, the channel count of the image grid the model reads.
@@ -176,7 +182,7 @@ class LateFusion(nn.Module):
         self.question: QuestionEncoder | None = None
         if self.uses_question:
             self.question = QuestionEncoder(vocab_size, cfg.word_dim, D, cfg.pool_hidden,
-                                            cfg.dropout, word_vectors)
+                                            cfg.dropout, word_vectors, fast=cfg.fast_cpu)
         self.image: ImageEncoder | None = None
         if self.uses_image:
             self.image = ImageEncoder(grid_channels, D, cfg.position)
@@ -277,14 +283,46 @@ class ImageOnly(LateFusion):
 
 
 def _check_config(cfg: ModelConfig) -> None:
-    """Reject the configuration values a baseline cannot be built from, naming the field."""
-    for name in ("d_model", "word_dim", "pool_hidden", "fused_dim"):
-        if getattr(cfg, name) < 1:
-            raise LrcnError(f"model.{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    """What a baseline needs beyond the model section's own rules (`ModelConfig.validate`)."""
+    cfg.validate()
     if cfg.d_model % 2 != 0:
         raise LrcnError(
             f"model.d_model = {cfg.d_model} must be even: the bidirectional LSTM has "
             "d_model // 2 units per direction"
         )
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise LrcnError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
+
+
+@register_model("cnn_lstm")
+def cnn_lstm(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """Late-fusion CNN + BiLSTM baseline (the VizWiz report's model, defects fixed)."""
+    return build_vqa_model(CNNLSTM, cfg, vocab_size, num_answers, word_vectors, random_weights)
+
+
+@register_model("text_only")
+def text_only(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """Question-only baseline (BiLSTM + attention pooling + MLP); no image encoder."""
+    return build_vqa_model(TextOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)
+
+
+@register_model("image_only")
+def image_only(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """Image-only baseline (mean-pooled grid + MLP); the question is not read."""
+    return build_vqa_model(ImageOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)

@@ -16,9 +16,11 @@ its seed from torch's generator, so ``torch.manual_seed`` and ``torch.get_rng_st
 decide and restore the masks. The FFN's ReLU and its dropout are one pass (`relu_dropout`),
 whose gradient is read off its output.
 
-On other devices (CUDA's generator is fast), for other dtypes (bf16 autocast), inside
-``torch.compile`` (which fuses dropout into its own kernels) and outside training,
-``F.dropout`` itself is used.
+This is the CPU speed layer's dropout: the layers use it when the model is built with
+``model.fast_cpu`` (their ``fast=True``), and plain ``F.dropout`` otherwise, never importing
+numba. Even in a fast layer the kernels can only run where `fast_dropout_applies`: in training,
+on CPU float tensors, outside ``torch.compile`` (which fuses dropout into its own kernels).
+Elsewhere (CUDA, whose generator is fast; bf16 autocast; evaluation) ``F.dropout`` runs.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ def _whole_base(x: torch.Tensor) -> torch.Tensor | None:
     backward pass clones the base's gradient, fills a zero tensor of its size and copies twice,
     four passes over a 32 MiB FFN hidden layer of the paper-size step. Writing into the base
     instead, then viewing it as `x`, records none of that."""
+    # Tensor._base is the only way to the tensor a view was made from: torch has no public
+    # accessor (untyped_storage() gives its memory, not the tensor autograd tracks).
     base = x._base
     if (base is None or base.numel() != x.numel() or not base.is_contiguous()
             or not x.is_contiguous() or x.storage_offset() != base.storage_offset()):
@@ -135,20 +139,23 @@ def _whole_base(x: torch.Tensor) -> torch.Tensor | None:
     return base
 
 
-def _use_kernels(x: torch.Tensor, p: float, training: bool) -> bool:
+def fast_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
+    """Whether the kernels can drop out of `x`: in training, 0 < p < 1, a float32/64 CPU tensor,
+    eager (compiled graphs trace ``F.dropout`` and fuse it into their own kernels)."""
     return (training and 0.0 < p < 1.0 and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling())  # compiled graphs fuse their own dropout
+            and not torch.compiler.is_compiling())
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) -> torch.Tensor:
-    """``F.dropout(x, p, training, inplace)``, with one-pass counter-based masks on the CPU.
+    """``F.dropout(x, p, training, inplace)``, with one-pass counter-based masks where
+    `fast_dropout_applies`.
 
     `inplace` overwrites `x` (as torch does, autograd refuses it where `x` is still needed)
     and spares an allocation the size of `x`."""
     if inplace and (base := _whole_base(x)) is not None:
         return dropout(base, p, training, inplace=True).view(x.shape)
-    if not _use_kernels(x, p, training):
+    if not fast_dropout_applies(x, p, training):
         return F.dropout(x, p, training, inplace)
     return _Dropout.apply(x, p, inplace)
 
@@ -159,24 +166,33 @@ def relu_dropout(x: torch.Tensor, p: float, training: bool,
     as in `dropout`."""
     if inplace and (base := _whole_base(x)) is not None:
         return relu_dropout(base, p, training, inplace=True).view(x.shape)
-    if not _use_kernels(x, p, training):
+    if not fast_dropout_applies(x, p, training):
         # torch's ReLU backward reads the ReLU's output, so only the ReLU may overwrite x
         return F.dropout(F.relu_(x) if inplace else F.relu(x), p, training)
     return _ReluDropout.apply(x, p, inplace)
 
 
 class Dropout(nn.Module):
-    """``nn.Dropout`` with the one-pass masks on the CPU; same probability, same scaling."""
+    """``nn.Dropout`` (same probability, same scaling), with the one-pass masks when `fast`.
 
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+    Args:
+        p: probability of an element being zeroed.
+        inplace: overwrite the input (a fresh sub-layer output that nothing else reads).
+        fast: use `dropout` (the kernels where they apply); False: ``F.dropout`` alone.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, fast: bool = True) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
         self.inplace = inplace
+        self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training, self.inplace)
+        if self.fast:
+            return dropout(x, self.p, self.training, self.inplace)
+        return F.dropout(x, self.p, self.training, self.inplace)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}" if self.inplace else f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}, fast={self.fast}"

@@ -2,6 +2,10 @@
 
 Masks are boolean with True = valid position, everywhere in the package.
 
+Each layer with dropout takes ``fast`` (the model's ``model.fast_cpu``), decided when the model
+is built: True uses the CPU speed layer (`lrcn.models.dropout`'s one-pass masks, where they
+can run), False plain PyTorch (``F.dropout``, ``F.scaled_dot_product_attention``).
+
 Rows with no valid key at all (a question of only padding, which only a caller's mistake can
 produce) are handled explicitly rather than left to produce NaN: attention gives such a query a
 zero context vector (so the output is the output projection's bias), and attention pooling
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrcn.errors import LrcnError
-from lrcn.models.dropout import dropout, relu_dropout
+from lrcn.models.dropout import dropout, fast_dropout_applies, relu_dropout
 
 
 @dataclass(frozen=True)
@@ -58,24 +62,28 @@ class MultiHeadAttention(nn.Module):
     with ``Linear(D, D)`` and K, V with one fused ``Linear(D, 2D)``. Both have the same parameters
     as three separate projections. Dropout acts on the attention probabilities in training.
 
-    Without dropout, attention is ``F.scaled_dot_product_attention`` (its fused kernels). With
-    dropout on the CPU it is written out, so the probabilities get the cheap masks of
-    `lrcn.models.dropout`; the math is the same as SDPA's own dropout path.
+    Attention is ``F.scaled_dot_product_attention`` (`attend`: its fused kernels, its own
+    dropout). With `fast`, where the one-pass masks can run (training with dropout on the CPU,
+    `fast_dropout_applies`), it is written out instead (`attend_fast_dropout`), so the
+    probabilities get the cheap masks of `lrcn.models.dropout`; the math is SDPA's.
 
     Args:
         d_model: model width D.
         heads: number of heads; each has D // heads channels.
         dropout: dropout probability on the attention probabilities.
         cross: build the cross-attention projections (query and key/value sequences differ).
+        fast: the CPU speed layer (``model.fast_cpu``); False: SDPA alone.
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False) -> None:
+    def __init__(self, d_model: int, heads: int, dropout: float, cross: bool = False,
+                 fast: bool = True) -> None:
         super().__init__()
         if d_model % heads != 0:
             raise LrcnError(f"d_model={d_model} must be divisible by heads={heads}")
         self.heads = heads
         self.dropout = dropout
         self.cross = cross
+        self.fast = fast
         if cross:
             self.q_proj = nn.Linear(d_model, d_model)
             self.kv_proj = nn.Linear(d_model, 2 * d_model)
@@ -119,56 +127,85 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, S, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, S, head_dim)
 
         mask = KeyMask.of(key_mask)
-        if self.training and self.dropout > 0 and q.device.type == "cpu":
-            # in place on the fresh product: matmul's backward needs q and k, not its output
-            scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, heads, T, S)
-            if mask is not None:
-                scores.add_(mask.bias)
-            if score_bias is not None:
-                scores.add_(score_bias)
-            probs = dropout(scores.softmax(dim=-1), self.dropout, True)
-            out = probs @ v  # (B, heads, T, head_dim)
+        if self.fast and fast_dropout_applies(q, self.dropout, self.training):
+            out = self.attend_fast_dropout(q, k, v, mask, score_bias)
         else:
-            attn_mask = None if mask is None else mask.attend
-            if score_bias is not None:  # SDPA takes one mask: a float one holds both
-                attn_mask = score_bias.to(q.dtype)
-                if mask is not None:
-                    attn_mask = attn_mask + mask.bias.to(q.dtype)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask,
-                dropout_p=self.dropout if self.training else 0.0,
-            )  # (B, heads, T, head_dim)
+            out = self.attend(q, k, v, mask, score_bias)
         if mask is not None and mask.has_key is not None:
             out = out * mask.has_key.to(out.dtype)  # no valid key -> zero context
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.out_proj(out)
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMask | None,
+               score_bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_dim) + bias) v by SDPA, with its dropout in training:
+        q (B, heads, T, head_dim), k and v (B, heads, S, head_dim) -> (B, heads, T, head_dim)."""
+        attn_mask = None if mask is None else mask.attend
+        if score_bias is not None:  # SDPA takes one mask: a float one holds both
+            attn_mask = score_bias.to(q.dtype)
+            if mask is not None:
+                attn_mask = attn_mask + mask.bias.to(q.dtype)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, heads, T, head_dim)
+
+    def attend_fast_dropout(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            mask: KeyMask | None, score_bias: torch.Tensor | None) -> torch.Tensor:
+        """`attend` written out, with the one-pass dropout masks on the probabilities."""
+        # in place on the fresh product: matmul's backward needs q and k, not its output
+        scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, heads, T, S)
+        if mask is not None:
+            scores.add_(mask.bias)
+        if score_bias is not None:
+            scores.add_(score_bias)
+        probs = dropout(scores.softmax(dim=-1), self.dropout, True)
+        return probs @ v  # (B, heads, T, head_dim)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, dropout={self.dropout}, cross={self.cross}, fast={self.fast}"
+
+
+def _relu_dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tensor:
+    """Dropout(ReLU(x)) of a fresh Linear output `x`: with `fast` one pass (`relu_dropout`),
+    in place since nothing else reads `x` (the Linear's backward uses its input)."""
+    if fast:
+        return relu_dropout(x, p, training, inplace=True)
+    return F.dropout(F.relu(x), p, training)
+
 
 class FeedForward(nn.Module):
-    """Position-wise feed-forward net: Linear -> ReLU -> Dropout -> Linear."""
+    """Position-wise feed-forward net: Linear -> ReLU -> Dropout -> Linear.
 
-    def __init__(self, d_model: int, hidden: int, dropout: float) -> None:
+    With `fast` (``model.fast_cpu``) the ReLU and dropout are one pass (`relu_dropout`).
+    """
+
+    def __init__(self, d_model: int, hidden: int, dropout: float, fast: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, hidden)
         self.dropout = dropout
+        self.fast = fast
         self.fc2 = nn.Linear(hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # in place: fc1's output is needed by nothing else (its backward uses its input)
-        return self.fc2(relu_dropout(self.fc1(x), self.dropout, self.training, inplace=True))
+        return self.fc2(_relu_dropout(self.fc1(x), self.dropout, self.training, self.fast))
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}, fast={self.fast}"
 
 
 class AttentionPool(nn.Module):
     """Masked attention pooling (MCAN's AttFlat with one glimpse).
 
     An MLP scores each position, softmax over the valid positions turns scores into weights,
-    and the pooled vector is the weighted sum of the inputs.
+    and the pooled vector is the weighted sum of the inputs. With `fast` (``model.fast_cpu``)
+    the MLP's ReLU and dropout are one pass (`relu_dropout`).
     """
 
-    def __init__(self, d_model: int, hidden: int, dropout: float) -> None:
+    def __init__(self, d_model: int, hidden: int, dropout: float, fast: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, hidden)
         self.dropout = dropout
+        self.fast = fast
         self.fc2 = nn.Linear(hidden, 1)
 
     def forward(
@@ -184,7 +221,7 @@ class AttentionPool(nn.Module):
         Returns:
             pooled (B, D) and weights (B, N); a row without valid positions pools to zeros.
         """
-        hidden = relu_dropout(self.fc1(x), self.dropout, self.training, inplace=True)
+        hidden = _relu_dropout(self.fc1(x), self.dropout, self.training, self.fast)
         scores = self.fc2(hidden).squeeze(-1)  # (B, N)
         mask = KeyMask.of(mask)
         if mask is None:
@@ -195,6 +232,9 @@ class AttentionPool(nn.Module):
                 weights = weights * mask.has_key[:, 0, 0].to(weights.dtype)
         pooled = torch.bmm(weights.unsqueeze(1), x).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
         return pooled, weights
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}, fast={self.fast}"
 
 
 def word_embedding(vocab_size: int, word_dim: int,

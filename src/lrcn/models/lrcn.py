@@ -3,7 +3,9 @@
 Reads top to bottom: the question self-attention block, the image self+guided layer with the
 layer-residual mechanism (LRM), co-stacking's question guided block, then the model: question
 encoder, image input path, one of the three stackings (ed | st | cst), attention pooling on
-both streams and the fusion head. All blocks are Post-LN as in MCAN. See shared/spec/LRCN.md.
+both streams and the fusion head, and last its registration (``model.arch: lrcn``). All blocks
+are Post-LN as in MCAN. See shared/spec/LRCN.md. Every block takes ``fast``, the model's
+``model.fast_cpu`` (the CPU speed layer, `lrcn.models.layers`), and hands it to its layers.
 
 Padding: questions are right-padded with id 0. The LSTM runs over the pads, but since it reads
 left to right the valid positions never see them, and every attention and pooling step masks
@@ -13,7 +15,6 @@ the pad positions (and masked image regions) as keys, so neither can change the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,9 @@ from lrcn.models.layers import (
     word_embedding,
 )
 from lrcn.models.position import DistanceBias, GridPosition, region_centres
+from lrcn.models.registry import register_model
+from lrcn.models.vqa_model import LRCNOutput, VQAModel, build_vqa_model
 
-VARIANTS = ("ed", "st", "cst")
-LRM_PLACEMENTS = ("none", "sa", "ga", "both")
-GRID_REDUCTIONS = ("none", "conv", "avgpool")
 
 
 class QuestionSA(nn.Module):
@@ -43,13 +43,14 @@ class QuestionSA(nn.Module):
         y' = LN(a + FFN(a))
     """
 
-    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float,
+                 fast: bool = True) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout, fast=fast)
         self.norm1 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout, fast=fast)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout, inplace=True)  # on fresh sub-layer outputs
+        self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
     def forward(self, y: torch.Tensor, y_mask: KeyMask | torch.Tensor | None) -> torch.Tensor:
         y = self.norm1(y + self.dropout(self.self_attn(y, key_mask=y_mask)))
@@ -70,18 +71,18 @@ class ImageSGA(nn.Module):
     """
 
     def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: str,
-                 distance_bias: bool = False) -> None:
+                 distance_bias: bool = False, fast: bool = True) -> None:
         super().__init__()
         self.lrm_sa = lrm in ("sa", "both")
         self.lrm_ga = lrm in ("ga", "both")
         self.distance_bias = DistanceBias(heads) if distance_bias else None
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout, fast=fast)
         self.norm1 = nn.LayerNorm(d_model)
-        self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
+        self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True, fast=fast)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout, fast=fast)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout, inplace=True)  # on fresh sub-layer outputs
+        self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
     def forward(
         self,
@@ -123,14 +124,15 @@ class QuestionGA(nn.Module):
     Post-LN here mirror the other blocks; they are this implementation's reading.
     """
 
-    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: bool) -> None:
+    def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: bool,
+                 fast: bool = True) -> None:
         super().__init__()
         self.lrm = lrm
-        self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True)
+        self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True, fast=fast)
         self.norm1 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout, fast=fast)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout, inplace=True)  # on fresh sub-layer outputs
+        self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
     def forward(
         self,
@@ -147,22 +149,13 @@ class QuestionGA(nn.Module):
         return self.norm2(q + self.dropout(self.ffn(q))), q
 
 
-@dataclass
-class LRCNOutput:
-    """What ``forward_features`` returns: the fused vector and both pooling weights."""
-
-    fused: torch.Tensor             # (B, fused_dim) z = LayerNorm(X W_x + Y W_y), input of the head
-    image_weights: torch.Tensor     # (B, N) attention-pooling weights over image regions
-    question_weights: torch.Tensor  # (B, T) attention-pooling weights over question tokens
-
-
 class LRCN(nn.Module):
     """The LRCN family: question encoder, image input path, co-attention stacking, fusion head.
 
     Reads both modalities (``uses_image``; a text-only baseline sets it False).
 
     Args:
-        cfg: the model configuration (variant, layers, lrm, sizes, grid reduction).
+        cfg: the model configuration (variant, layers, lrm, sizes, grid reduction, fast_cpu).
         vocab_size: number of question tokens, id 0 being the pad.
         num_answers: K, the width of the answer logits.
         grid_channels: C, the channel count of the image grid the model reads.
@@ -203,25 +196,26 @@ class LRCN(nn.Module):
         self.image_proj = nn.Linear(grid_channels + self.position.extra_channels, D)
 
         # co-attention stacking: L question SA blocks, L image SGA layers (+ L question GA for cst)
-        L = cfg.layers
+        L, fast = cfg.layers, cfg.fast_cpu
         self.question_blocks = nn.ModuleList(
-            QuestionSA(D, cfg.heads, cfg.ffn_dim, cfg.dropout) for _ in range(L)
+            QuestionSA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, fast=fast) for _ in range(L)
         )
         if cfg.variant == "cst":
             self.question_guided = nn.ModuleList(
                 QuestionGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout,
-                           cfg.cst_question_lrm and cfg.lrm != "none")
+                           cfg.cst_question_lrm and cfg.lrm != "none", fast=fast)
                 for _ in range(L)
             )
         self.uses_distance_bias = cfg.distance_bias
         self.image_layers = nn.ModuleList(
-            ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm, cfg.distance_bias)
+            ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm, cfg.distance_bias,
+                     fast=fast)
             for _ in range(L)
         )
 
         # head: attention pooling on each stream, z = LN(X W_x + Y W_y), logits = z W_z
-        self.image_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout)
-        self.question_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout)
+        self.image_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout, fast=fast)
+        self.question_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout, fast=fast)
         self.fuse_image = nn.Linear(D, cfg.fused_dim)
         self.fuse_question = nn.Linear(D, cfg.fused_dim)
         self.fuse_norm = nn.LayerNorm(cfg.fused_dim)
@@ -378,19 +372,21 @@ class LRCN(nn.Module):
 
 
 def _check_config(cfg: ModelConfig) -> None:
-    """Reject configuration values the model cannot be built from, naming the field."""
-    choices = {"variant": VARIANTS, "lrm": LRM_PLACEMENTS, "grid_reduction": GRID_REDUCTIONS}
-    for name, known in choices.items():
-        if getattr(cfg, name) not in known:
-            raise LrcnError(
-                f"model.{name} = {getattr(cfg, name)!r} is not one of {', '.join(known)}"
-            )
-    for name in ("layers", "d_model", "heads", "ffn_dim", "word_dim", "pool_hidden", "fused_dim"):
-        if getattr(cfg, name) < 1:
-            raise LrcnError(f"model.{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    """What LRCN needs beyond the model section's own rules (`ModelConfig.validate`)."""
+    cfg.validate()
     if cfg.d_model % cfg.heads != 0:
         raise LrcnError(
             f"model.d_model = {cfg.d_model} must be divisible by model.heads = {cfg.heads}"
         )
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise LrcnError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
+
+
+@register_model("lrcn")
+def lrcn(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """LRCN (stacking ``cfg.variant``) behind the image encoder ``cfg.image_encoder``."""
+    return build_vqa_model(LRCN, cfg, vocab_size, num_answers, word_vectors, random_weights)

@@ -40,7 +40,7 @@ from torch import nn
 
 from lrcn.errors import LrcnError
 
-POSITIONS = ("none", "coords", "sincos", "both")
+
 COORD_CHANNELS = 2
 # DistanceBias: initial |slope| per head, geometric from the steepest to the gentlest, in
 # score units per image half-width; objects a tenth of the image apart differ by 0.2-0.8.
@@ -114,8 +114,6 @@ class GridPosition(nn.Module):
 
     def __init__(self, kind: str, d_model: int) -> None:
         super().__init__()
-        if kind not in POSITIONS:
-            raise LrcnError(f"model.position = {kind!r} is not one of {', '.join(POSITIONS)}")
         if kind in ("sincos", "both") and d_model % 4 != 0:
             raise LrcnError(f"model.position {kind} needs model.d_model divisible by 4, "
                             f"got {d_model}")

@@ -1,31 +1,43 @@
-"""A small timm-style model registry: ``@register_model(name)`` builders and ``create_model``.
+"""The model registry (timm style): ``@register_model(name)`` above a builder, ``create_model``.
 
-Builders are registered when ``lrcn.models`` is imported; ``create_model`` is the one way the
-rest of the package builds a model, looking the builder up by ``cfg.arch``.
+Each model family registers its builders in its own module, beside its code, and importing
+``lrcn.models`` imports every family, which is what registers them. Adding a model is one new
+module plus its import line in ``lrcn/models/__init__.py``: ``lrcn train --model`` and its help,
+the check of ``model.arch`` (here, in `create_model`) and the tests parametrised over
+`model_names` all read the registry. This module holds only the mechanism and imports no family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
-from lrcn.models.baselines import CNNLSTM, ImageOnly, LateFusion, TextOnly
-from lrcn.models.image_encoders import build_image_encoder
-from lrcn.models.lrcn import LRCN
 from lrcn.models.vqa_model import VQAModel
 
-ModelBuilder = Callable[..., VQAModel]
+
+class ModelBuilder(Protocol):
+    """What ``@register_model`` decorates: the model ``cfg`` describes, for a vocabulary of
+    `vocab_size` tokens and `num_answers` answers (see `create_model`); most builders are
+    one call of `lrcn.models.vqa_model.build_vqa_model`."""
+
+    def __call__(self, cfg: ModelConfig, vocab_size: int, num_answers: int,
+                 word_vectors: torch.Tensor | None = None,
+                 random_weights: bool = False) -> VQAModel: ...
+
+
+Builder = TypeVar("Builder", bound=ModelBuilder)
 
 _MODELS: dict[str, ModelBuilder] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Register a builder ``(cfg, vocab_size, num_answers, word_vectors, random_weights)``."""
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Register the decorated builder under `name`, the value ``model.arch`` takes for it."""
 
-    def register(builder: ModelBuilder) -> ModelBuilder:
+    def register(builder: Builder) -> Builder:
         if name in _MODELS:
             raise LrcnError(f"model {name!r} is already registered")
         _MODELS[name] = builder
@@ -46,7 +58,7 @@ def create_model(
     word_vectors: torch.Tensor | None = None,
     random_weights: bool = False,
 ) -> VQAModel:
-    """Build the model ``cfg.arch`` names.
+    """Build the model ``cfg.arch`` names; an unknown name fails and lists the known ones.
 
     Args:
         cfg: the model configuration.
@@ -63,72 +75,3 @@ def create_model(
     return builder(
         cfg, vocab_size, num_answers, word_vectors=word_vectors, random_weights=random_weights
     )
-
-
-@register_model("lrcn")
-def lrcn(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
-    """LRCN (stacking ``cfg.variant``) behind the image encoder ``cfg.image_encoder``."""
-    encoder = build_image_encoder(cfg, random_weights=random_weights)
-    grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
-    net = LRCN(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
-    return VQAModel(encoder, net, cfg.task, cfg.answerable_hidden)
-
-
-def _baseline(
-    net_class: type[LateFusion],
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None,
-    random_weights: bool,
-) -> VQAModel:
-    """A baseline behind the image encoder ``cfg.image_encoder``, built as ``lrcn`` is
-    (a text-only baseline has no image encoder: it never reads the image)."""
-    encoder = None
-    if net_class.uses_image:
-        encoder = build_image_encoder(cfg, random_weights=random_weights)
-    grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
-    net = net_class(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
-    return VQAModel(encoder, net, cfg.task, cfg.answerable_hidden)
-
-
-@register_model("cnn_lstm")
-def cnn_lstm(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
-    """Late-fusion CNN + BiLSTM baseline (the VizWiz report's model, defects fixed)."""
-    return _baseline(CNNLSTM, cfg, vocab_size, num_answers, word_vectors, random_weights)
-
-
-@register_model("text_only")
-def text_only(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
-    """Question-only baseline (BiLSTM + attention pooling + MLP)."""
-    return _baseline(TextOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)
-
-
-@register_model("image_only")
-def image_only(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
-    """Image-only baseline (mean-pooled grid + MLP); the question is not read."""
-    return _baseline(ImageOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)

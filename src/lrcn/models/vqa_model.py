@@ -1,7 +1,10 @@
-"""The full VQA model: an optional grid image encoder in front of an LRCN.
+"""The full VQA model: an optional grid image encoder in front of a net (LRCN or a baseline).
 
 A batch carries its unique images once, (U, 3, H, W), and ``image_index`` (B,) says which image
 each question is about, so an image shared by several questions is encoded once per batch.
+
+`build_vqa_model` is how every registered builder makes its model (`lrcn.models.registry`):
+the image encoder, the net on its grids and this wrapper, the same way for every family.
 """
 
 from __future__ import annotations
@@ -11,13 +14,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lrcn.config import ModelConfig
 from lrcn.data.pipeline import ImageInput
 from lrcn.errors import LrcnError
-from lrcn.models.image_encoders import GridEncoder
-from lrcn.models.lrcn import LRCNOutput
+from lrcn.models.image_encoders import GridEncoder, build_image_encoder
 
 
-TASKS = ("answer", "answerable", "both")
+
+@dataclass
+class LRCNOutput:
+    """What a net's ``forward_features`` returns (LRCN's and the baselines' alike)."""
+
+    fused: torch.Tensor             # (B, fused_dim) z, the input of the heads
+    image_weights: torch.Tensor     # (B, N) attention-pooling weights over image regions
+    question_weights: torch.Tensor  # (B, T) attention-pooling weights over question tokens
 
 
 @dataclass
@@ -33,8 +43,14 @@ class VQAOutput:
 class VQAModel(nn.Module):
     """Image encoder (or precomputed grids when ``encoder`` is None) + a net (LRCN or a baseline).
 
+    A net is built as ``net_class(cfg, vocab_size, num_answers, grid_channels, word_vectors)``
+    (`build_vqa_model`) and has ``forward_features(tokens, grid, grid_mask, grid_boxes)`` ->
+    `LRCNOutput`, ``forward_head(fused)`` -> answer logits, ``num_parameters``, and the
+    attributes ``uses_image``, ``grid_channels``, ``places_regions`` and ``fused_dim``.
+
     Args:
-        encoder: maps images to grids; None when the model reads precomputed grid features.
+        encoder: maps images to grids; None when the model reads precomputed grid features
+            (or never reads the image).
         net: answers questions about grids: ``forward_features`` gives the fused vector,
             ``forward_head`` the answer logits.
         task: ``answer``, ``answerable`` or ``both``; the last two add an answerability head,
@@ -45,10 +61,6 @@ class VQAModel(nn.Module):
     def __init__(self, encoder: GridEncoder | None, net: nn.Module, task: str = "answer",
                  answerable_hidden: int = 0) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise LrcnError(f"model.task = {task!r} is not one of {', '.join(TASKS)}")
-        if answerable_hidden < 0:
-            raise LrcnError(f"model.answerable_hidden must be 0 or more, got {answerable_hidden}")
         self.encoder = encoder
         self.net = net
         self.task = task
@@ -168,3 +180,35 @@ class VQAModel(nn.Module):
             if part is not None:
                 n += sum(p.numel() for p in part.parameters())
         return n
+
+
+def build_vqa_model(
+    net_class: type[nn.Module],
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_answers: int,
+    word_vectors: torch.Tensor | None = None,
+    random_weights: bool = False,
+) -> VQAModel:
+    """A net of `net_class` behind the image encoder ``cfg.image_encoder``, with the heads of
+    ``cfg.task``: what every registered builder returns.
+
+    A net that never reads the image (``uses_image`` False) gets no image encoder. The net reads
+    grids of the encoder's channels, or of ``cfg.feature_channels`` from precomputed features.
+
+    Args:
+        net_class: the net, built as ``net_class(cfg, vocab_size, num_answers, grid_channels,
+            word_vectors=word_vectors)``.
+        cfg: the model configuration.
+        vocab_size: number of question tokens (id 0 is the pad).
+        num_answers: number of candidate answers K.
+        word_vectors: optional (vocab_size, word_dim) initial word embedding (GloVe).
+        random_weights: let a torchvision trunk start from random weights instead of a file
+            (tests only).
+    """
+    encoder = None
+    if net_class.uses_image:
+        encoder = build_image_encoder(cfg, random_weights=random_weights)
+    grid_channels = encoder.out_channels if encoder is not None else cfg.feature_channels
+    net = net_class(cfg, vocab_size, num_answers, grid_channels, word_vectors=word_vectors)
+    return VQAModel(encoder, net, cfg.task, cfg.answerable_hidden)

@@ -1,7 +1,10 @@
 """LRCN written plainly: ``nn.MultiheadAttention`` and ``nn.Dropout``, as the seed notebook does.
 
 This is the reference the fast layers are measured and tested against
-(benchmarks/train_throughput.py, tests/test_fast_layers.py), not a model to train with.
+(benchmarks/train_throughput.py, tests/test_fast_layers.py), not a model to train with, so it
+lives beside the benchmarks rather than in the package (import it with benchmarks/ on
+``sys.path``). ``model.fast_cpu: false`` is a different thing: the package's own layers
+without the CPU speed layer.
 `plain_copy` keeps the blocks' equations and replaces what the optimisations changed:
 
 - attention is ``nn.MultiheadAttention(batch_first=True)`` called as the seed calls it (it
@@ -34,20 +37,20 @@ def _valid(mask: torch.Tensor | KeyMask | None) -> torch.Tensor | None:
 class PlainAttention(nn.Module):
     """`MultiHeadAttention`'s interface on top of ``nn.MultiheadAttention``, with its weights."""
 
-    def __init__(self, fast: MultiHeadAttention) -> None:
+    def __init__(self, layer: MultiHeadAttention) -> None:
         super().__init__()
-        D = fast.out_proj.in_features
-        self.cross = fast.cross
-        self.mha = nn.MultiheadAttention(D, fast.heads, dropout=fast.dropout, batch_first=True)
+        D = layer.out_proj.in_features
+        self.cross = layer.cross
+        self.mha = nn.MultiheadAttention(D, layer.heads, dropout=layer.dropout, batch_first=True)
         with torch.no_grad():
-            if fast.cross:
-                self.mha.in_proj_weight.copy_(torch.cat([fast.q_proj.weight, fast.kv_proj.weight]))
-                self.mha.in_proj_bias.copy_(torch.cat([fast.q_proj.bias, fast.kv_proj.bias]))
+            if layer.cross:
+                self.mha.in_proj_weight.copy_(torch.cat([layer.q_proj.weight, layer.kv_proj.weight]))
+                self.mha.in_proj_bias.copy_(torch.cat([layer.q_proj.bias, layer.kv_proj.bias]))
             else:
-                self.mha.in_proj_weight.copy_(fast.qkv_proj.weight)
-                self.mha.in_proj_bias.copy_(fast.qkv_proj.bias)
-            self.mha.out_proj.weight.copy_(fast.out_proj.weight)
-            self.mha.out_proj.bias.copy_(fast.out_proj.bias)
+                self.mha.in_proj_weight.copy_(layer.qkv_proj.weight)
+                self.mha.in_proj_bias.copy_(layer.qkv_proj.bias)
+            self.mha.out_proj.weight.copy_(layer.out_proj.weight)
+            self.mha.out_proj.bias.copy_(layer.out_proj.bias)
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None,
                 key_mask: torch.Tensor | KeyMask | None = None,
@@ -69,10 +72,10 @@ class PlainAttention(nn.Module):
 class PlainFeedForward(nn.Module):
     """Linear -> ReLU -> nn.Dropout -> Linear, with the weights of a `FeedForward`."""
 
-    def __init__(self, fast: FeedForward) -> None:
+    def __init__(self, layer: FeedForward) -> None:
         super().__init__()
-        self.fc1, self.fc2 = fast.fc1, fast.fc2
-        self.dropout = nn.Dropout(fast.dropout)
+        self.fc1, self.fc2 = layer.fc1, layer.fc2
+        self.dropout = nn.Dropout(layer.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
@@ -81,10 +84,10 @@ class PlainFeedForward(nn.Module):
 class PlainAttentionPool(nn.Module):
     """Attention pooling with ``masked_fill`` and ``nn.Dropout``, with an `AttentionPool`'s weights."""
 
-    def __init__(self, fast: AttentionPool) -> None:
+    def __init__(self, layer: AttentionPool) -> None:
         super().__init__()
-        self.fc1, self.fc2 = fast.fc1, fast.fc2
-        self.dropout = nn.Dropout(fast.dropout)
+        self.fc1, self.fc2 = layer.fc1, layer.fc2
+        self.dropout = nn.Dropout(layer.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | KeyMask | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
