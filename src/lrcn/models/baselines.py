@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -293,36 +294,18 @@ def _check_config(cfg: ModelConfig) -> None:
 
 
 @register_model("cnn_lstm")
-def cnn_lstm(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
+def cnn_lstm(cfg: ModelConfig, vocab_size: int, num_answers: int, **kwargs: Any) -> VQAModel:
     """Late-fusion CNN + BiLSTM baseline (the VizWiz report's model, defects fixed)."""
-    return build_vqa_model(CNNLSTM, cfg, vocab_size, num_answers, word_vectors, random_weights)
+    return build_vqa_model(CNNLSTM, cfg, vocab_size, num_answers, **kwargs)
 
 
 @register_model("text_only")
-def text_only(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
+def text_only(cfg: ModelConfig, vocab_size: int, num_answers: int, **kwargs: Any) -> VQAModel:
     """Question-only baseline (BiLSTM + attention pooling + MLP); no image encoder."""
-    return build_vqa_model(TextOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)
+    return build_vqa_model(TextOnly, cfg, vocab_size, num_answers, **kwargs)
 
 
 @register_model("image_only")
-def image_only(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
+def image_only(cfg: ModelConfig, vocab_size: int, num_answers: int, **kwargs: Any) -> VQAModel:
     """Image-only baseline (mean-pooled grid + MLP); the question is not read."""
-    return build_vqa_model(ImageOnly, cfg, vocab_size, num_answers, word_vectors, random_weights)
+    return build_vqa_model(ImageOnly, cfg, vocab_size, num_answers, **kwargs)

@@ -15,6 +15,7 @@ the pad positions (and masked image regions) as keys, so neither can change the 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -381,12 +382,6 @@ def _check_config(cfg: ModelConfig) -> None:
 
 
 @register_model("lrcn")
-def lrcn(
-    cfg: ModelConfig,
-    vocab_size: int,
-    num_answers: int,
-    word_vectors: torch.Tensor | None = None,
-    random_weights: bool = False,
-) -> VQAModel:
+def lrcn(cfg: ModelConfig, vocab_size: int, num_answers: int, **kwargs: Any) -> VQAModel:
     """LRCN (stacking ``cfg.variant``) behind the image encoder ``cfg.image_encoder``."""
-    return build_vqa_model(LRCN, cfg, vocab_size, num_answers, word_vectors, random_weights)
+    return build_vqa_model(LRCN, cfg, vocab_size, num_answers, **kwargs)
