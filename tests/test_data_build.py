@@ -19,7 +19,7 @@ from lrcn.errors import LrcnError
 
 
 def data_parser() -> argparse.ArgumentParser:
-    """``lrcn`` with only the ``data`` command, as ``lrcn.cli.commands`` adds it."""
+    """``lrcn`` with only the ``data`` command, as ``lrcn.cli.parser`` adds it."""
     parser = argparse.ArgumentParser(prog="lrcn")
     add_data_parser(parser.add_subparsers(dest="command", required=True))
     return parser
@@ -153,7 +153,7 @@ def test_print_data(dataset: GeneratedDataset, tmp_path: Path,
     assert len(lines) == 1 + len(generated_names())
 
 
-# --- through the lrcn command (lrcn.cli.commands wires `data` in) ----------------------------
+# --- through the lrcn command (lrcn.cli.parser wires `data` in) ----------------------------
 
 
 def test_lrcn_data_build(dataset: GeneratedDataset, tmp_path: Path,
