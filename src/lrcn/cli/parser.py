@@ -45,8 +45,9 @@ def _add_field_flags(p: argparse.ArgumentParser, only: set[str] | None = None,
         kwargs: dict[str, Any] = {"dest": key if qualified else f.name, "help": help_text,
                                   "default": None}
         kind, metavar = _field_kind(f), meta["flag"].lstrip("-").upper()
-        if kind is bool:
-            kwargs["action"] = "store_true"
+        if kind is bool:  # --flag; a field that is on by default also gets --no-flag
+            kwargs["action"] = (argparse.BooleanOptionalAction if f.default is True
+                                else "store_true")
         elif kind is list:
             kwargs.update(nargs="+", metavar=metavar)
         else:
