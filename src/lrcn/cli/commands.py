@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lrcn.cli.output import print_human
-from lrcn.cli.parser import build_parser, train_config
+from lrcn.cli.parser import build_parser, train_args, train_config
 from lrcn.errors import LrcnError
 
 log = logging.getLogger("lrcn")
@@ -54,6 +54,48 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rows = compare(cfg, models, Path(args.out))
     return {"out": args.out, "table": str(Path(args.out) / "comparison.md"), "models": rows}
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the sweep's runs not finished yet (every point checked before any trains), then
+    aggregate; with ``--summarize DIR`` only aggregate."""
+    from lrcn.engine.setup import check_train_config
+    from lrcn.engine.sweep import Sweep, load_sweep, parse_grid, run_sweep
+    from lrcn.engine.sweep_summary import aggregate, write_summary
+
+    table = tuple(args.table.split(",")) if args.table else None
+    if table is not None and len(table) != 2:
+        raise LrcnError(f"--table {args.table!r}: expected ROWS,COLS, two grid keys")
+    if args.summarize:
+        out = Path(args.summarize)
+        sweep = load_sweep(out)
+        runs = sweep.runs(out)
+    else:
+        if not args.out:
+            raise LrcnError("lrcn sweep needs --out DIR (or --summarize DIR)")
+        if args.seeds < 1:
+            raise LrcnError(f"--seeds must be at least 1, got {args.seeds}")
+        out = Path(args.out)
+        grid = parse_grid(args.grid)
+        first = train_config(args).train.seed
+        sweep = Sweep(grid, [first + k for k in range(args.seeds)],
+                      train_args(args, skip=("train.seed",)))
+        for point in sweep.points():  # refuse a bad value before any run trains
+            sets = [a for key, value in point.items() for a in ("--set", f"{key}={value}")]
+            point_args = build_parser().parse_args(["train", *sweep.train_args, *sets])
+            check_train_config(train_config(point_args))
+    baseline = None
+    if args.baseline:
+        key, _, value = args.baseline.partition("=")
+        if value not in sweep.grid.get(key, []):
+            raise LrcnError(f"--baseline {args.baseline!r}: expected SECTION.KEY=V with V one "
+                            f"of the grid's values of that key (grid: {sweep.grid})")
+        baseline = {key: value}
+    if not args.summarize:
+        runs = run_sweep(sweep, out, args.parallel)
+    rows = aggregate(runs, baseline)
+    files = write_summary(out, rows, list(sweep.grid), table)
+    return {"out": str(out), "runs": len(runs), "points": rows, **files}
 
 
 def _run_dir_of(checkpoint: Path) -> Path:
@@ -187,7 +229,7 @@ def cmd_data(args: argparse.Namespace) -> dict[str, Any]:
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "score": cmd_score, "features": cmd_features,
-            "serve": cmd_serve, "data": cmd_data}
+            "serve": cmd_serve, "data": cmd_data, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,9 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         from lrcn.cli.data import print_data
         print_data(summary)
         return
-    if command == "compare":
-        print(Path(summary["table"]).read_text(encoding="utf-8"), end="")
+    if command in ("compare", "sweep"):
+        print(Path(summary["table"] if command == "compare" else summary["md"])
+              .read_text(encoding="utf-8"), end="")
         return
     if command == "predict":
         print(f"Q: {summary['question']}")

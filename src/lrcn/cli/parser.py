@@ -62,6 +62,24 @@ def _field_kind(f: dataclasses.Field) -> type:
     return {"bool": bool, "int": int, "float": float, "str": str}.get(text, list)
 
 
+def train_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> list[str]:
+    """The ``lrcn train`` flags `args` holds (``--config``, the fields' flags, ``--set``) as a
+    command line, without the fields in `skip`: what every run of a sweep is given."""
+    argv = ["--config", args.config] if args.config else []
+    for section, f in flag_fields():
+        key, flag = f"{section}.{f.name}", f.metadata["flag"]
+        value = getattr(args, key, None)
+        if value is None or key in skip:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv + [arg for item in args.set for arg in ("--set", item)]
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """The configuration flags of ``train`` (and ``compare``): the config fields' flags, then
     ``--config`` and ``--set``."""
@@ -89,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated models to train (default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="folder for one run per model and comparison.{md,csv,png}")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    p = sub.add_parser("sweep", help="train a grid of configurations x seeds, resumable, and "
+                       "aggregate mean ± std per grid point")
+    _add_train_flags(p)
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                   help="a grid axis: a config field and its values (repeatable; the sweep "
+                   "trains every combination)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="runs per grid point, seeds --seed (or the config's), +1, ... "
+                   "(default: %(default)s)")
+    p.add_argument("--out", help="sweep folder: sweep.yaml, one run per point and seed, "
+                   "summary.{md,csv,png}; the same command again resumes it")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="runs at once on this machine, the CPU threads divided between them "
+                   "(default: %(default)s)")
+    p.add_argument("--baseline", metavar="SECTION.KEY=V",
+                   help="also the paired difference (per seed) of every point against the "
+                   "point with this value, with a paired t-test")
+    p.add_argument("--table", metavar="ROWS,COLS",
+                   help="lay two grid keys out as a table of mean ± std in summary.md")
+    p.add_argument("--summarize", metavar="DIR",
+                   help="only aggregate the finished runs of the sweep in DIR (no training)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a split and write a results file")
