@@ -13,7 +13,8 @@ import yaml
 
 from conftest import VQA2Layout, assert_refused, run_cli, tiny_set_args
 from lrcn.engine.sweep import (
-    SUMMARY_FILE, Sweep, check_sweep_folder, parse_grid, point_name, run_state, train_command,
+    SUMMARY_FILE, Launcher, Sweep, check_sweep_folder, parse_grid, point_name, run_sweep,
+    run_state, train_command,
 )
 from lrcn.engine.sweep_summary import SweepRun
 from lrcn.errors import LrcnError
@@ -145,3 +146,32 @@ def test_a_bad_grid_value_is_refused_before_any_run_trains(
     result = run_cli(capsys, *sweep_args(vqa2_layout, out, grid="model.variant=ed,xx"))
     assert_refused(result, "sweep", "model.variant must be one of ed, st, cst, got 'xx'",
                    absent=(out,))
+
+
+def test_the_submitit_launcher_trains_the_same_runs_on_this_machine(
+        vqa2_layout: VQA2Layout, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Jobs through submitit's local cluster (as on Slurm, one job per run) give the runs
+    the local launcher gives: the same summaries, run for run."""
+    here, jobs = tmp_path / "here", tmp_path / "jobs"
+    assert run_cli(capsys, *sweep_args(vqa2_layout, here)).code == 0
+    result = run_cli(capsys, *sweep_args(vqa2_layout, jobs), "--launcher", "submitit",
+                     "--submitit-cluster", "local", "--parallel", "2")
+    assert result.code == 0, result.err
+    assert any((jobs / "submitit").iterdir())  # submitit's job files
+    for summary in here.glob("*/seed*/summary.json"):
+        other = jobs / summary.relative_to(here)
+        mine, theirs = json.loads(summary.read_text()), json.loads(other.read_text())
+        assert {k: v for k, v in mine.items() if k != "run_dir"} == {
+            k: v for k, v in theirs.items() if k != "run_dir"}
+
+
+@pytest.mark.parametrize("launcher, message", [
+    (Launcher("cloud"), "--launcher 'cloud' is not one of local, submitit"),
+    (Launcher(parallel=0), "--parallel must be at least 1, got 0"),
+    (Launcher("submitit", cluster="pbs"), "--submitit-cluster 'pbs' is not one of slurm, local"),
+])
+def test_launcher_settings_that_cannot_run_are_refused(launcher: Launcher, message: str,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(LrcnError) as refused:
+        run_sweep(Sweep({"model.variant": ["ed"]}, [0], []), tmp_path / "s", launcher)
+    assert str(refused.value) == message and not (tmp_path / "s").exists()

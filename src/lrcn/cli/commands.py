@@ -60,7 +60,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Train the sweep's runs not finished yet (every point checked before any trains), then
     aggregate; with ``--summarize DIR`` only aggregate."""
     from lrcn.engine.setup import check_train_config
-    from lrcn.engine.sweep import Sweep, load_sweep, parse_grid, run_sweep
+    from lrcn.engine.sweep import Launcher, Sweep, load_sweep, parse_grid, run_sweep
     from lrcn.engine.sweep_summary import aggregate, write_summary
 
     table = tuple(args.table.split(",")) if args.table else None
@@ -92,7 +92,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                             f"of the grid's values of that key (grid: {sweep.grid})")
         baseline = {key: value}
     if not args.summarize:
-        runs = run_sweep(sweep, out, args.parallel)
+        launcher = Launcher(args.launcher, args.parallel, args.submitit_cluster, args.partition,
+                            args.time, args.gpus_per_run)
+        runs = run_sweep(sweep, out, launcher)
     rows = aggregate(runs, baseline)
     files = write_summary(out, rows, list(sweep.grid), table)
     return {"out": str(out), "runs": len(runs), "points": rows, **files}

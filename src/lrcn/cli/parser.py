@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for one run per model and comparison.{md,csv,png}")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
+    from lrcn.engine.sweep import CLUSTERS, LAUNCHERS
+
     p = sub.add_parser("sweep", help="train a grid of configurations x seeds, resumable, and "
                        "aggregate mean ± std per grid point")
     _add_train_flags(p)
@@ -120,9 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--out", help="sweep folder: sweep.yaml, one run per point and seed, "
                    "summary.{md,csv,png}; the same command again resumes it")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local: runs as processes on this machine; submitit: one job per run "
+                   "(Slurm, through the submitit package) (default: %(default)s)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="runs at once on this machine, the CPU threads divided between them "
+                   help="runs at once (local: the CPU threads divided between them; Slurm: the "
+                   "job array's parallelism) (default: %(default)s)")
+    p.add_argument("--submitit-cluster", choices=CLUSTERS, default="slurm",
+                   help="submitit's cluster: slurm, or local to try the jobs on this machine "
                    "(default: %(default)s)")
+    p.add_argument("--partition", help="Slurm partition of the jobs")
+    p.add_argument("--time", type=int, default=240, metavar="MINUTES",
+                   help="time limit of each job (default: %(default)s)")
+    p.add_argument("--gpus-per-run", type=int, default=0, metavar="N",
+                   help="GPUs per run; more than one: the run trains under torchrun (DDP) "
+                   "inside its job (default: %(default)s)")
     p.add_argument("--baseline", metavar="SECTION.KEY=V",
                    help="also the paired difference (per seed) of every point against the "
                    "point with this value, with a paired t-test")

@@ -131,9 +131,42 @@ def run_state(run: SweepRun) -> str:
     return "new"
 
 
-def train_command(sweep: Sweep, run: SweepRun) -> list[str]:
-    """The ``lrcn train`` command line of a run: resuming it when it has started."""
+@dataclasses.dataclass(frozen=True)
+class Launcher:
+    """Where a sweep's runs train: this machine (``local``: `parallel` at once) or one job
+    each through submitit (``submitit``: Slurm, or ``cluster="local"`` to try it on one
+    machine); `gpus` per run (more than one: the run trains under torchrun, DDP)."""
+
+    kind: str = "local"
+    parallel: int = 1
+    cluster: str = "slurm"
+    partition: str | None = None
+    minutes: int = 240
+    gpus: int = 0
+
+    def check(self) -> None:
+        if self.kind not in LAUNCHERS:
+            raise LrcnError(f"--launcher {self.kind!r} is not one of {', '.join(LAUNCHERS)}")
+        if self.cluster not in CLUSTERS:
+            raise LrcnError(f"--submitit-cluster {self.cluster!r} is not one of "
+                            f"{', '.join(CLUSTERS)}")
+        if self.parallel < 1:
+            raise LrcnError(f"--parallel must be at least 1, got {self.parallel}")
+        if self.gpus < 0 or self.minutes < 1:
+            raise LrcnError("--gpus-per-run must be 0 or more and --time at least 1 minute")
+
+
+LAUNCHERS = ("local", "submitit")
+CLUSTERS = ("slurm", "local")  # submitit's: a Slurm cluster, or processes on this machine
+
+
+def train_command(sweep: Sweep, run: SweepRun, gpus: int = 0) -> list[str]:
+    """The ``lrcn train`` command line of a run: resuming it when it has started; under
+    torchrun (one process per GPU) with more than one GPU."""
     base = [sys.executable, "-m", "lrcn", "train"]
+    if gpus > 1:
+        base = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}",
+                "-m", "lrcn", "train"]
     if run_state(run) == "started":
         return [*base, "--resume", str(run.run_dir), "--json"]
     sets = [arg for key, value in run.point.items() for arg in ("--set", f"{key}={value}")]
@@ -151,10 +184,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def run_local(sweep: Sweep, run: SweepRun, log_dir: Path, threads: int) -> dict[str, Any]:
-    """Train one run in a ``lrcn train`` process; write its summary.json; return it."""
+def train_run(sweep: Sweep, run: SweepRun, log_dir: Path, threads: int,
+              gpus: int = 0) -> dict[str, Any]:
+    """Train one run in a ``lrcn train`` process; write its summary.json; return it. (What
+    a submitit job runs, too.)"""
     state = run_state(run)
-    command = train_command(sweep, run)
+    command = train_command(sweep, run, gpus)
     log_path = log_dir / f"{run.run_dir.parent.name}-{run.run_dir.name}.log"
     log_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s %s (log: %s)", "resuming" if state == "started" else "training",
@@ -174,35 +209,77 @@ def run_local(sweep: Sweep, run: SweepRun, log_dir: Path, threads: int) -> dict[
     return summary
 
 
-def run_sweep(sweep: Sweep, out: Path, parallel: int = 1) -> list[SweepRun]:
-    """Train every run of the sweep not finished yet, `parallel` at a time; return all runs.
+def run_sweep(sweep: Sweep, out: Path, launcher: Launcher = Launcher()) -> list[SweepRun]:
+    """Train every run of the sweep not finished yet, as `launcher` says; return all runs.
 
     Runs that fail are reported together at the end (the others still train).
     """
-    if parallel < 1:
-        raise LrcnError(f"--parallel must be at least 1, got {parallel}")
+    launcher.check()
     check_sweep_folder(out, sweep)
     runs = sweep.runs(out)
     todo = [run for run in runs if run_state(run) != "finished"]
     log.info("sweep %s: %d runs, %d finished, %d to train (%d resumed)", out, len(runs),
              len(runs) - len(todo), len(todo), sum(run_state(r) == "started" for r in todo))
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    failures: list[str] = []
     start = time.perf_counter()
-
-    def train_one(run: SweepRun) -> None:
-        try:
-            run_local(sweep, run, out / LOG_FOLDER, threads)
-        except LrcnError as exc:
-            failures.append(str(exc))
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(train_one, todo))
+    if launcher.kind == "submitit":
+        failures = _run_submitit(sweep, todo, out, launcher)
+    else:
+        failures = _run_here(sweep, todo, out, launcher.parallel)
     if failures:
         raise LrcnError(f"{len(failures)} of {len(todo)} runs failed; rerun the same command to "
                         f"retry them (finished runs are kept): {failures[0]}")
     log.info("sweep %s: trained %d runs in %.0f s", out, len(todo), time.perf_counter() - start)
     return runs
+
+
+def _run_here(sweep: Sweep, todo: list[SweepRun], out: Path, parallel: int) -> list[str]:
+    """Train `todo` on this machine, `parallel` at a time; the failures' messages."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    failures: list[str] = []
+
+    def train_one(run: SweepRun) -> None:
+        try:
+            train_run(sweep, run, out / LOG_FOLDER, threads)
+        except LrcnError as exc:
+            failures.append(str(exc))
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(train_one, todo))
+    return failures
+
+
+def _run_submitit(sweep: Sweep, todo: list[SweepRun], out: Path,
+                  launcher: Launcher) -> list[str]:
+    """Train `todo` as submitit jobs, one per run (a job array on Slurm, at most
+    `launcher.parallel` at once), and wait for them; the failures' messages. submitit keeps
+    its job files and logs in ``out/submitit``."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=out / "submitit", cluster=launcher.cluster)
+    params: dict[str, Any] = {"timeout_min": launcher.minutes, "nodes": 1, "tasks_per_node": 1,
+                              "name": f"lrcn-sweep-{out.name}"}
+    if launcher.gpus:
+        params["gpus_per_node"] = launcher.gpus
+    if launcher.cluster == "slurm":
+        params["slurm_array_parallelism"] = launcher.parallel
+        if launcher.partition:
+            params["slurm_partition"] = launcher.partition
+    executor.update_parameters(**params)
+    threads = max(1, (os.cpu_count() or 1) // launcher.parallel)
+    failures: list[str] = []
+    waves = [todo] if launcher.cluster == "slurm" else [
+        todo[i:i + launcher.parallel] for i in range(0, len(todo), launcher.parallel)]
+    for wave in waves:  # on one machine: `parallel` jobs at a time
+        jobs = executor.map_array(train_run, [sweep] * len(wave), wave,
+                                  [out / LOG_FOLDER] * len(wave), [threads] * len(wave),
+                                  [launcher.gpus] * len(wave))
+        log.info("submitted %d jobs (%s)", len(jobs), ", ".join(str(j.job_id) for j in jobs))
+        for run, job in zip(wave, jobs):
+            try:
+                job.result()
+            except Exception as exc:  # submitit wraps the job's error in its own
+                failures.append(f"run {run.run_dir}: {str(exc).strip().splitlines()[-1]}")
+    return failures
 
 
 def load_sweep(out: Path) -> Sweep:
