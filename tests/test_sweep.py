@@ -52,6 +52,7 @@ def test_a_grid_that_cannot_be_swept_is_refused(items: list[str], message: str) 
 def test_point_names() -> None:
     assert point_name({"model.variant": "ed", "model.lrm": "none"}) == "variant-ed_lrm-none"
     assert point_name({"train.lr": "1e-4"}) == "lr-1e-4"
+    assert point_name({"model.arch": "cnn_lstm"}) == "arch-cnn_lstm"
     assert point_name({"data.train_split": "train2014+val2014"}) == "train_split-train2014+val2014"
     assert point_name({"data.glove": "g/vectors 300d.txt"}) == "glove-g+vectors+300d.txt"
     # a field name two sections share: the whole keys

@@ -237,11 +237,12 @@ def test_compare_trains_each_model_and_writes_the_table(
     assert result.code == 0, result.err
     rows = result.json["models"]
     assert [r["model"] for r in rows] == ["lrcn", "cnn_lstm", "text_only", "image_only"]
-    for r in rows:
-        last = json.loads((out / r["model"] / "metrics.jsonl").read_text().splitlines()[-1])
+    for r in rows:  # a compare is a sweep over model.arch: OUT/arch-<model>/seed<k>
+        run = out / f"arch-{r['model']}" / "seed0"
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         assert r["answer_accuracy"] == round(last["val"]["overall"], 2)
         assert r["answerability_ap"] == round(last["val"]["answerability"]["average_precision"], 2)
-        assert load_checkpoint(out / r["model"]).config.model.arch == r["model"]
+        assert load_checkpoint(run).config.model.arch == r["model"]
     table = (out / "comparison.md").read_text()
     assert table.count("\n| ") == 5 and "| text_only |" in table
     csv_lines = (out / "comparison.csv").read_text().splitlines()
@@ -253,4 +254,4 @@ def test_compare_trains_each_model_and_writes_the_table(
     assert again.code == 2 and "unknown model(s) mcan" in again.err
     again = run_cli(capsys, "compare", "--dataset", "vizwiz", "--data-root", vizwiz_root,
                     "--models", "lrcn", "--out", out, *tiny_set_args())
-    assert again.code == 2 and "already holds runs of lrcn" in again.err
+    assert again.code == 2 and f"{out} holds another sweep (its grid" in again.err

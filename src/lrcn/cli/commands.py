@@ -15,11 +15,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lrcn.cli.output import print_human
 from lrcn.cli.parser import build_parser, train_args, train_config
 from lrcn.errors import LrcnError
+
+if TYPE_CHECKING:  # imported where a command runs: lrcn starts without the engine
+    from lrcn.engine.sweep import Sweep
 
 log = logging.getLogger("lrcn")
 
@@ -44,22 +47,36 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from lrcn.engine.compare import compare
+    """A sweep over ``model.arch`` (one seed), tabulated as comparison.{md,csv,png}."""
+    from lrcn.engine.compare import check_models, compare
     from lrcn.engine.distributed import launched_world_size
+    from lrcn.engine.sweep import Sweep
 
     if launched_world_size() > 1:
-        raise LrcnError("compare trains its models one after another in one process; to train "
-                        "on several, run lrcn train under torchrun for each model")
+        raise LrcnError("compare trains its models one after another; to train on several "
+                        "processes, run lrcn train under torchrun for each model")
     cfg = train_config(args)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = compare(cfg, models, Path(args.out))
+    models = check_models([m.strip() for m in args.models.split(",") if m.strip()], cfg)
+    sweep = _checked_sweep(args, Sweep({"model.arch": models}, [cfg.train.seed],
+                                       train_args(args, skip=("train.seed", "model.arch"))))
+    rows = compare(sweep, cfg, Path(args.out))
     return {"out": args.out, "table": str(Path(args.out) / "comparison.md"), "models": rows}
+
+
+def _checked_sweep(args: argparse.Namespace, sweep: Sweep) -> Sweep:
+    """`sweep`, once the config of every point is known to be one lrcn train accepts."""
+    from lrcn.engine.setup import check_train_config
+
+    for point in sweep.points():
+        sets = [a for key, value in point.items() for a in ("--set", f"{key}={value}")]
+        check_train_config(train_config(build_parser().parse_args(
+            ["train", *sweep.train_args, *sets])))
+    return sweep
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Train the sweep's runs not finished yet (every point checked before any trains), then
     aggregate; with ``--summarize DIR`` only aggregate."""
-    from lrcn.engine.setup import check_train_config
     from lrcn.engine.sweep import Launcher, Sweep, load_sweep, parse_grid, run_sweep
     from lrcn.engine.sweep_summary import aggregate, write_summary
 
@@ -78,12 +95,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         out = Path(args.out)
         grid = parse_grid(args.grid)
         first = train_config(args).train.seed
-        sweep = Sweep(grid, [first + k for k in range(args.seeds)],
-                      train_args(args, skip=("train.seed",)))
-        for point in sweep.points():  # refuse a bad value before any run trains
-            sets = [a for key, value in point.items() for a in ("--set", f"{key}={value}")]
-            point_args = build_parser().parse_args(["train", *sweep.train_args, *sets])
-            check_train_config(train_config(point_args))
+        sweep = _checked_sweep(args, Sweep(grid, [first + k for k in range(args.seeds)],
+                                           train_args(args, skip=("train.seed",))))
     baseline = None
     if args.baseline:
         key, _, value = args.baseline.partition("=")

@@ -1,24 +1,25 @@
 """``lrcn compare``: train several models on the same data and tabulate what each achieves.
 
-Every model is trained with the same configuration but its ``model.arch`` and evaluated on
-the same validation split. The table reports the last epoch (no model is picked by the split
-it is reported on): answer accuracy with the dataset's official metric and, for the
-answerability task, average precision and F1 of "unanswerable".
+A compare is a sweep over ``model.arch`` with one seed (`lrcn.engine.sweep`): every model is
+trained with the same configuration but its architecture, in ``OUT/arch-<model>/seed<k>/``,
+and evaluated on the same validation split; running it again continues it. The table
+reports the last epoch (no model is picked by the split it is reported on): answer accuracy
+with the dataset's official metric and, for the answerability task, average precision and F1
+of "unanswerable".
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from lrcn.config import RunConfig
-from lrcn.engine.trainer import train
+from lrcn.engine.sweep import Sweep, run_sweep
+from lrcn.engine.sweep_summary import read_result
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
 from lrcn.models.registry import model_names
@@ -29,37 +30,37 @@ COLUMNS = ("model", "answer_accuracy", "answerability_ap", "answerability_f1", "
            "train_minutes")
 
 
-def compare(base: RunConfig, models: list[str], out: Path) -> list[dict[str, Any]]:
-    """Train each model into ``out/<model>``; write comparison.{md,csv,png}; return the rows."""
+def check_models(models: list[str], cfg: RunConfig) -> list[str]:
+    """`models`, once they are known, distinct, and scored on a validation split."""
     unknown = [m for m in models if m not in model_names()]
     if unknown or not models:
         raise LrcnError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
                         f"known models: {', '.join(model_names())}")
     if len(set(models)) != len(models):
         raise LrcnError(f"--models lists a model twice: {', '.join(models)}")
-    if base.data.val_split is None:
+    if cfg.data.val_split is None:
         raise LrcnError("compare needs a validation split with answers (--val-split)")
-    taken = [m for m in models if (out / m).exists()]
-    if taken:
-        raise LrcnError(f"{out} already holds runs of {', '.join(taken)}; choose another --out")
+    return models
+
+
+def compare(sweep: Sweep, cfg: RunConfig, out: Path) -> list[dict[str, Any]]:
+    """Train the sweep's models (its grid: ``model.arch``), write comparison.{md,csv,png},
+    return the rows."""
     rows = []
-    for name in models:
-        cfg = copy.deepcopy(base)
-        cfg.model.arch = name
-        log.info("compare: training %s (%d of %d)", name, len(rows) + 1, len(models))
-        start = time.perf_counter()
-        summary = train(cfg, out / name)
-        last = json.loads((out / name / "metrics.jsonl").read_text().splitlines()[-1])["val"]
+    for run in run_sweep(sweep, out):
+        name = run.point["model.arch"]
+        result = read_result(run)
+        last = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["val"]
         answerability = last.get("answerability", {})
         rows.append({
             "model": name,
             "answer_accuracy": round(last["overall"], 2) if "overall" in last else None,
             "answerability_ap": _round(answerability.get("average_precision")),
             "answerability_f1": _round(answerability.get("f1")),
-            "parameters": summary["parameters"],
-            "train_minutes": round((time.perf_counter() - start) / 60, 1),
+            "parameters": result["parameters"],
+            "train_minutes": round(result["train_seconds"] / 60, 1),
         })
-    write_table(rows, base, out)
+    write_table(rows, cfg, out)
     return rows
 
 

@@ -91,11 +91,11 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
 def point_name(point: dict[str, str]) -> str:
     """A run folder's name for a grid point: ``variant-ed_lrm-none`` (the field names, or the
     whole keys where two sections share a field name); characters other than letters, digits,
-    ``.`` and ``-`` become ``+``."""
+    ``.``, ``_`` and ``-`` become ``+``."""
     names = [key.split(".", 1)[1] for key in point]
     if len(set(names)) != len(names):
         names = list(point)
-    return "_".join(f"{name}-{re.sub(r'[^A-Za-z0-9.-]', '+', value)}"
+    return "_".join(f"{name}-{re.sub(r'[^A-Za-z0-9._-]', '+', value)}"
                     for name, value in zip(names, point.values()))
 
 
