@@ -13,7 +13,8 @@ import yaml
 
 from conftest import VQA2Layout, assert_refused, run_cli, tiny_set_args
 from lrcn.engine.sweep import (
-    SUMMARY_FILE, Launcher, Sweep, check_sweep_folder, parse_grid, point_name, run_sweep,
+    SUMMARY_FILE, Launcher, Sweep, check_sweep_folder, definition_names, load_definition,
+    parse_grid, point_name, run_sweep,
     run_state, train_command,
 )
 from lrcn.engine.sweep_summary import SweepRun
@@ -176,3 +177,38 @@ def test_launcher_settings_that_cannot_run_are_refused(launcher: Launcher, messa
     with pytest.raises(LrcnError) as refused:
         run_sweep(Sweep({"model.variant": ["ed"]}, [0], []), tmp_path / "s", launcher)
     assert str(refused.value) == message and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", definition_names())
+def test_every_shipped_sweep_definition_is_a_sweep_lrcn_train_accepts(name: str) -> None:
+    from lrcn.cli import build_parser, train_config
+    from lrcn.engine.setup import check_train_config
+
+    definition = load_definition(name)
+    grid = parse_grid(definition["grid"])
+    sets = [a for item in definition["set"] for a in ("--set", item)]
+    for point in Sweep(grid, [0], []).points():
+        point_sets = [a for key, value in point.items() for a in ("--set", f"{key}={value}")]
+        check_train_config(train_config(build_parser().parse_args(
+            ["train", "--config", definition["config"], *sets, *point_sets])))
+    key, _, value = definition["baseline"].partition("=")
+    assert value in grid[key]
+    assert all(axis in grid for axis in definition["table"].split(","))
+    assert definition["seeds"] >= 3
+
+
+def test_a_sweep_file_gives_defaults_the_command_line_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    mine = {"config": "easyvqa", "seeds": 2, "set": ["train.lr=0.001"],
+            "grid": {"model.variant": ["ed", "st"], "model.layers": [1, 2]},
+            "table": ["model.variant", "model.layers"]}
+    path.write_text(yaml.safe_dump(mine, sort_keys=False))
+    definition = load_definition(str(path))
+    assert definition == {"config": "easyvqa", "seeds": 2, "set": ["train.lr=0.001"],
+                          "grid": ["model.variant=ed,st", "model.layers=1,2"], "baseline": None,
+                          "table": "model.variant,model.layers"}
+    path.write_text(yaml.safe_dump({"grid": {"model.variant": ["ed"]}, "seed": 3}))
+    with pytest.raises(LrcnError, match=r"unknown key\(s\) seed; known keys: config, grid"):
+        load_definition(str(path))
+    with pytest.raises(LrcnError, match="unknown sweep 'nope'; shipped sweeps: cpu-lrm-easyvqa"):
+        load_definition("nope")

@@ -77,9 +77,20 @@ def _checked_sweep(args: argparse.Namespace, sweep: Sweep) -> Sweep:
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Train the sweep's runs not finished yet (every point checked before any trains), then
     aggregate; with ``--summarize DIR`` only aggregate."""
-    from lrcn.engine.sweep import Launcher, Sweep, load_sweep, parse_grid, run_sweep
+    from lrcn.engine.sweep import (
+        Launcher, Sweep, load_definition, load_sweep, parse_grid, run_sweep,
+    )
     from lrcn.engine.sweep_summary import aggregate, write_summary
 
+    if args.sweep:  # the definition's values, under those the command line gives
+        definition = load_definition(args.sweep)
+        given = {item.partition("=")[0] for item in args.grid}
+        args.grid = [g for g in definition["grid"] if g.partition("=")[0] not in given] + args.grid
+        args.set = definition["set"] + args.set
+        for name in ("config", "seeds", "baseline", "table"):
+            if getattr(args, name) is None:
+                setattr(args, name, definition[name])
+    args.seeds = 1 if args.seeds is None else args.seeds
     table = tuple(args.table.split(",")) if args.table else None
     if table is not None and len(table) != 2:
         raise LrcnError(f"--table {args.table!r}: expected ROWS,COLS, two grid keys")

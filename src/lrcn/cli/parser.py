@@ -109,17 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for one run per model and comparison.{md,csv,png}")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
-    from lrcn.engine.sweep import CLUSTERS, LAUNCHERS
+    from lrcn.engine.sweep import CLUSTERS, LAUNCHERS, definition_names
 
     p = sub.add_parser("sweep", help="train a grid of configurations x seeds, resumable, and "
                        "aggregate mean ± std per grid point")
     _add_train_flags(p)
+    p.add_argument("--sweep", metavar="NAME|FILE",
+                   help="a sweep definition: a shipped one (%s) or a YAML file; its config, "
+                   "grid, seeds, --set items, baseline and table, which the flags extend or "
+                   "override" % ", ".join(definition_names()))
     p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
                    help="a grid axis: a config field and its values (repeatable; the sweep "
                    "trains every combination)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=int, metavar="N",
                    help="runs per grid point, seeds --seed (or the config's), +1, ... "
-                   "(default: %(default)s)")
+                   "(default: the sweep definition's, else 1)")
     p.add_argument("--out", help="sweep folder: sweep.yaml, one run per point and seed, "
                    "summary.{md,csv,png}; the same command again resumes it")
     p.add_argument("--launcher", choices=LAUNCHERS, default="local",

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,51 @@ def _run_submitit(sweep: Sweep, todo: list[SweepRun], out: Path,
             except Exception as exc:  # submitit wraps the job's error in its own
                 failures.append(f"run {run.run_dir}: {str(exc).strip().splitlines()[-1]}")
     return failures
+
+
+DEFINITION_KEYS = ("config", "grid", "seeds", "set", "baseline", "table")
+
+
+def definition_names() -> list[str]:
+    """The sweep definitions lrcn ships (``src/lrcn/sweeps/<name>.yaml``)."""
+    files = resources.files("lrcn") / "sweeps"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_definition(name_or_file: str) -> dict[str, Any]:
+    """A sweep definition (``--sweep``): a shipped name or a YAML file holding ``config``
+    (preset or file), ``grid`` ({SECTION.KEY: [values]}), ``seeds``, ``set`` ([SECTION.KEY=V]),
+    ``baseline`` (SECTION.KEY=V) and ``table`` ([ROWS, COLS]), all optional but the grid.
+    Returned as command-line values: the grid as ``--grid`` items."""
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise LrcnError(f"sweep file not found: {path}")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        shipped = resources.files("lrcn") / "sweeps" / f"{name_or_file}.yaml"
+        if not shipped.is_file():
+            raise LrcnError(f"unknown sweep {name_or_file!r}; shipped sweeps: "
+                            f"{', '.join(definition_names())}")
+        text, source = shipped.read_text(encoding="utf-8"), f"sweep {name_or_file}"
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LrcnError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(values, dict) or not isinstance(values.get("grid"), dict):
+        raise LrcnError(f"{source}: expected a mapping with a grid: {{SECTION.KEY: [values]}}")
+    unknown = sorted(set(values) - set(DEFINITION_KEYS))
+    if unknown:
+        raise LrcnError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: "
+                        f"{', '.join(DEFINITION_KEYS)}")
+    grid = values["grid"]
+    if not all(isinstance(v, list) and v for v in grid.values()):
+        raise LrcnError(f"{source}: every grid key needs a list of values")
+    return {"config": values.get("config"), "seeds": values.get("seeds"),
+            "grid": [f"{key}={','.join(str(v) for v in vs)}" for key, vs in grid.items()],
+            "set": [str(item) for item in values.get("set") or []],
+            "baseline": values.get("baseline"),
+            "table": ",".join(values["table"]) if values.get("table") else None}
 
 
 def load_sweep(out: Path) -> Sweep:
