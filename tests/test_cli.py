@@ -76,7 +76,7 @@ def test_train_vqa2_run_folder(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2L
         sum(counts[t] * per_type[t] for t in counts) / sum(counts.values()), abs=1e-9)
 
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.yaml", "curves.png", "metrics.jsonl"]
+        "checkpoints", "config.yaml", "curves.png", "metrics.jsonl", "tb"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
     cfg = load_config(str(run / "config.yaml"))

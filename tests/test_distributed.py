@@ -208,9 +208,10 @@ def test_only_rank_0_writes(tmp_path: Path) -> None:
     (run,) = (tmp_path / "runs").iterdir()  # one run folder
     summary = summary_of(ddp)
     assert summary["run_dir"] == str(Path("runs") / run.name)
-    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == [
-        "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "curves.png",
-        "metrics.jsonl"]
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    assert files[:-1] == ["checkpoints/best.pt", "checkpoints/last.pt", "config.yaml",
+                          "curves.png", "metrics.jsonl"]
+    assert files[-1].startswith("tb/events.out.tfevents.")  # one event file: rank 0's
     epochs = read_metrics(run)
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert ddp.stderr.count("epoch 2/2: loss") == 1  # only rank 0 logs progress

@@ -70,8 +70,10 @@ def test_every_field_flag_sets_its_field(section: str, field: dataclasses.Field,
     if choices:
         assert f"{flag} {{{','.join(choices)}}}" in help_text
     default = getattr(getattr(RunConfig(), section), field.name)
-    if isinstance(default, bool):
-        argv, expected = [], True
+    if isinstance(default, bool):  # off by default: --flag; on: --no-flag
+        if default:
+            flag = f"--no-{flag[2:]}"
+        argv, expected = [], not default
     elif isinstance(default, (int, float)):
         expected = type(default)(3)
         argv = [str(expected)]

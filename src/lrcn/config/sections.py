@@ -178,6 +178,11 @@ class TrainConfig:
     # `lrcn train --resume RUN` needs. A paper-size last.pt (0.9 GB) takes seconds to write:
     # about 1% of 1000 steps on a GPU.
     checkpoint_every: int = option(1000, minimum=0, resumable=True)
+    # Loss and lr per optimizer step, validation metrics per epoch, the config as hyperparameters
+    # (engine/tensorboard.py); rank 0 writes them.
+    tensorboard: bool = option(True, flag="--tensorboard", resumable=True,
+                               help="write TensorBoard event files to RUN/tb/ (--no-tensorboard: "
+                               "none)")
     # Stop (with a checkpoint) after this many non-finite losses in a row; 0: never.
     max_bad_steps: int = option(10, minimum=0, resumable=True)
     # Linux/glibc: keep freed memory in the process instead of returning it to the kernel

@@ -1,8 +1,8 @@
 """The training loop: plain, seeded, resumable, with the paper's optimiser and schedule.
 
 The pieces live beside it: `setup` (config checks, data, model, encoded splits), `step` (one
-optimiser step), `checkpointer` (run state and the crash-safe write order) and `signals`
-(Ctrl-C and SIGTERM as a request to stop after the step).
+optimiser step), `checkpointer` (run state and the crash-safe write order), `signals`
+(Ctrl-C and SIGTERM as a request to stop after the step) and `tensorboard` (RUN/tb/).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lrcn.engine.inference import predict_split
 from lrcn.engine.setup import Run, setup_run
 from lrcn.engine.signals import StopRequest, TrainingInterrupted
 from lrcn.engine.step import OptimizerStep, make_optimizer, training_step
+from lrcn.engine.tensorboard import RunLog
 from lrcn.errors import LrcnError
 from lrcn.evaluation import build_evaluator
 from lrcn.fileio import atomic_write
@@ -57,13 +58,15 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
     _write_run_files(run, out_dir, checkpointer)
     loader = _train_loader(run)
     run_step = OptimizerStep(step, optimizer, t)
-    with StopRequest() as stop:
+    tb = RunLog(out_dir, _steps_per_epoch(loader, t), progress, enabled=t.tensorboard)
+    with StopRequest() as stop, tb:
         try:
             while progress.epoch < t.epochs:
                 epoch, lr = progress.epoch, run.lrs[progress.epoch]
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                train_loss = train_one_epoch(run_step, loader, t, progress, stop, checkpointer)
+                train_loss = train_one_epoch(run_step, loader, t, progress, stop, checkpointer,
+                                             tb)
                 start = time.perf_counter()
                 val = evaluate_split(run) if run.val_split is not None else {}
                 entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
@@ -71,6 +74,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
                          "train_seconds": round(progress.seconds, 2),
                          "eval_seconds": round(time.perf_counter() - start, 2), "val": val}
                 _log_epoch(entry, t, progress.seconds)
+                tb.epoch(entry)  # before metrics.jsonl and last.pt: see lrcn.engine.tensorboard
                 best = progress.history[progress.best] if progress.best is not None else None
                 path = checkpointer.end_epoch(entry, not val or best is None
                                              or _score(val, model.task) > _score(best["val"], model.task))
@@ -83,6 +87,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
             raise TrainingInterrupted(
                 "stopped at once, without saving; continue from the last checkpoint with: "
                 f"lrcn train --resume {out_dir}") from None
+        tb.hparams(cfg, progress.history[progress.best])
     return _summary(out_dir, run)
 
 
@@ -134,6 +139,11 @@ def _train_loader(run: Run) -> DataLoader:
                         world_size=distributed.world_size(), pin_memory=pin_memory)
 
 
+def _steps_per_epoch(loader: DataLoader, t: TrainConfig) -> int:
+    """Optimizer steps per epoch: one per `accumulate` micro-batches, the last maybe fewer."""
+    return -(-len(loader) // t.accumulate)
+
+
 def _steps(loader: Iterable[dict[str, torch.Tensor]],
            accumulate: int) -> Iterator[list[dict[str, torch.Tensor]]]:
     """The loader's micro-batches in groups of `accumulate`, one group per optimizer step (the
@@ -149,12 +159,13 @@ def _steps(loader: Iterable[dict[str, torch.Tensor]],
 
 
 def train_one_epoch(run_step: OptimizerStep, loader: DataLoader, t: TrainConfig,
-                    progress: Progress, stop: StopRequest, checkpointer: Checkpointer) -> float:
+                    progress: Progress, stop: StopRequest, checkpointer: Checkpointer,
+                    tb: RunLog) -> float:
     """Train epoch ``progress.epoch`` of the shuffled training split from its step
     ``progress.step`` on; returns the mean loss per question over every process.
 
-    `progress` follows each optimizer step. last.pt is saved (by every process together)
-    every ``train.checkpoint_every`` steps, and before stopping at a Ctrl-C
+    `progress` and `tb` follow each optimizer step. last.pt is saved (by every process
+    together) every ``train.checkpoint_every`` steps, and before stopping at a Ctrl-C
     (TrainingInterrupted) or after ``train.max_bad_steps`` non-finite losses in a row
     (LrcnError).
     """
@@ -165,8 +176,9 @@ def train_one_epoch(run_step: OptimizerStep, loader: DataLoader, t: TrainConfig,
     real = shard_length(len(loader.dataset), rank, world)
     seen = progress.step * t.batch_size // world  # this process's questions already trained
     clock = time.perf_counter() - progress.seconds
+    lr = run_step.optimizer.param_groups[0]["lr"]
     epoch = f"epoch {progress.epoch + 1}/{t.epochs}"
-    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=-(-len(loader) // t.accumulate),
+    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=_steps_per_epoch(loader, t),
                initial=progress.step, leave=False, disable=None if rank == 0 else True)
     for batches in bar:
         keep = []
@@ -175,6 +187,7 @@ def train_one_epoch(run_step: OptimizerStep, loader: DataLoader, t: TrainConfig,
             keep.append(min(size, max(0, real - seen)))  # the rest pads this process's last batch
             seen += size
         loss, stepped = run_step(batches, keep)
+        tb.step(tb.global_step(progress.epoch, progress.step), loss / max(sum(keep), 1), lr)
         progress.step += 1
         progress.seconds = time.perf_counter() - clock
         if stepped:
