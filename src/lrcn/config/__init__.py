@@ -32,7 +32,8 @@ __all__ = [
     "ANSWER_LOSSES", "DEVICES", "GRID_REDUCTIONS", "LRM_PLACEMENTS", "POSITIONS", "PRECISIONS",
     "SECTIONS", "TASKS", "VARIANTS", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig",
     "apply_overrides", "changed_fields", "config_from_dict", "config_to_dict", "default_preset",
-    "flag_fields", "load_config", "option", "preset_names", "resumable_fields", "save_config",
+    "flag_fields", "load_config", "option", "packaged_names", "preset_names", "read_yaml",
+    "resumable_fields", "save_config",
 ]
 
 DEFAULT_PRESET = "easyvqa"
@@ -42,9 +43,42 @@ OWN_DATA_PRESET = "own-data"
 LR_PER_EPOCH = "lr_per_epoch"  # config.yaml's derived top-level key
 
 
-def preset_names() -> list[str]:
-    files = resources.files("lrcn") / "presets"
+def packaged_names(folder: str) -> list[str]:
+    """The names of the YAML files lrcn ships in ``src/lrcn/<folder>/``."""
+    files = resources.files("lrcn") / folder
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(name_or_file: str, folder: str, file_kind: str, packaged: str,
+              listed_as: str = "known") -> tuple[Any, str]:
+    """The YAML of a file, or of the packaged ``lrcn/<folder>/<name>.yaml``, and its name for
+    messages (``preset easyvqa``, the path). A ``.yaml``/``.yml`` or existing path is a file.
+
+    Args:
+        file_kind: what a file is called in its error (``config file``).
+        packaged: what a packaged one is called (``preset``); an unknown name's error lists
+            the packaged ones as ``<listed_as> <packaged>s``.
+    """
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise LrcnError(f"{file_kind} not found: {path}")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        shipped = resources.files("lrcn") / folder / f"{name_or_file}.yaml"
+        if not shipped.is_file():
+            known = ", ".join(packaged_names(folder))
+            raise LrcnError(f"unknown {packaged} {name_or_file!r}; {listed_as} {packaged}s: "
+                            f"{known}")
+        text, source = shipped.read_text(encoding="utf-8"), f"{packaged} {name_or_file}"
+    try:
+        return yaml.safe_load(text), source
+    except yaml.YAMLError as exc:
+        raise LrcnError(f"{source}: not valid YAML: {exc}") from None
+
+
+def preset_names() -> list[str]:
+    return packaged_names("presets")
 
 
 def default_preset(dataset: str | None, features: bool) -> str:
@@ -63,21 +97,9 @@ def default_preset(dataset: str | None, features: bool) -> str:
 
 def load_config(preset_or_file: str | None = None) -> RunConfig:
     """Build a config from the defaults, then a preset name or YAML file on top."""
-    name = preset_or_file or DEFAULT_PRESET
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise LrcnError(f"config file not found: {path}")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    else:
-        preset = resources.files("lrcn") / "presets" / f"{name}.yaml"
-        if not preset.is_file():
-            raise LrcnError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
-        text, source = preset.read_text(encoding="utf-8"), f"preset {name}"
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise LrcnError(f"{source}: not valid YAML: {exc}") from None
+    values, source = read_yaml(preset_or_file or DEFAULT_PRESET, "presets", "config file",
+                               "preset")
+    values = values or {}
     return config_from_dict(values, source)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lrcn.config import RunConfig
+from lrcn.engine.curves import png_figure
 from lrcn.engine.sweep import Sweep, run_sweep
 from lrcn.engine.sweep_summary import read_result
 from lrcn.errors import LrcnError
@@ -91,28 +92,17 @@ def write_table(rows: list[dict[str, Any]], cfg: RunConfig, out: Path) -> None:
 
 def plot_comparison(rows: list[dict[str, Any]], split: str, path: Path) -> None:
     """Grouped bars: answer accuracy, answerability AP and F1 per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = [(key, label) for key, label in (("answer_accuracy", "answer accuracy"),
                                                ("answerability_ap", "answerability AP"),
                                                ("answerability_f1", "answerability F1"))
                if any(r[key] is not None for r in rows)]
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(metrics), 4))
-    for i, r in enumerate(rows):
-        xs = [m + (i - (len(rows) - 1) / 2) * width for m in range(len(metrics))]
-        values = [r[key] or 0.0 for key, _ in metrics]
-        bars = ax.bar(xs, values, width, label=r["model"])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
-    ax.set(ylabel="percent", ylim=(0, 105), title=f"model comparison on {split}")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    with png_figure(path, figsize=(2.2 + 2.2 * len(metrics), 4)) as (fig, ax):
+        for i, r in enumerate(rows):
+            xs = [m + (i - (len(rows) - 1) / 2) * width for m in range(len(metrics))]
+            bars = ax.bar(xs, [r[key] or 0.0 for key, _ in metrics], width, label=r["model"])
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
+        ax.set(ylabel="percent", ylim=(0, 105), title=f"model comparison on {split}")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)

@@ -26,13 +26,12 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lrcn.config import SECTIONS, RunConfig
+from lrcn.config import SECTIONS, RunConfig, packaged_names, read_yaml
 from lrcn.engine.sweep_summary import SweepRun
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
@@ -288,8 +287,7 @@ DEFINITION_KEYS = ("config", "grid", "seeds", "set", "baseline", "table")
 
 def definition_names() -> list[str]:
     """The sweep definitions lrcn ships (``src/lrcn/sweeps/<name>.yaml``)."""
-    files = resources.files("lrcn") / "sweeps"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+    return packaged_names("sweeps")
 
 
 def load_definition(name_or_file: str) -> dict[str, Any]:
@@ -297,21 +295,7 @@ def load_definition(name_or_file: str) -> dict[str, Any]:
     (preset or file), ``grid`` ({SECTION.KEY: [values]}), ``seeds``, ``set`` ([SECTION.KEY=V]),
     ``baseline`` (SECTION.KEY=V) and ``table`` ([ROWS, COLS]), all optional but the grid.
     Returned as command-line values: the grid as ``--grid`` items."""
-    path = Path(name_or_file)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise LrcnError(f"sweep file not found: {path}")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    else:
-        shipped = resources.files("lrcn") / "sweeps" / f"{name_or_file}.yaml"
-        if not shipped.is_file():
-            raise LrcnError(f"unknown sweep {name_or_file!r}; shipped sweeps: "
-                            f"{', '.join(definition_names())}")
-        text, source = shipped.read_text(encoding="utf-8"), f"sweep {name_or_file}"
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LrcnError(f"{source}: not valid YAML: {exc}") from None
+    values, source = read_yaml(name_or_file, "sweeps", "sweep file", "sweep", "shipped")
     if not isinstance(values, dict) or not isinstance(values.get("grid"), dict):
         raise LrcnError(f"{source}: expected a mapping with a grid: {{SECTION.KEY: [values]}}")
     unknown = sorted(set(values) - set(DEFINITION_KEYS))

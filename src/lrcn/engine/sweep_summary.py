@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from lrcn.engine.curves import png_figure
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
 from lrcn.json_records import json_kind, load_json, short_repr
@@ -344,25 +345,16 @@ def _two_axis_tables(rows: list[dict[str, Any]], grid_keys: list[str], row_key: 
 
 def plot_summary(rows: list[dict[str, Any]], grid_keys: list[str], path: Path) -> None:
     """Bars of mean overall accuracy per grid point, with the seeds' standard deviation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = ["\n".join(f"{k.rsplit('.', 1)[-1]}={r['point'][k]}" for k in grid_keys)
               for r in rows]
     means = [r["overall"]["mean"] or 0.0 for r in rows]
     stds = [r["overall"]["std"] or 0.0 for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(rows)), 4.5))
-    bars = ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
-    ax.bar_label(bars, labels=[f"{m:.1f}" if r["overall"]["mean"] is not None else "—"
-                               for m, r in zip(means, rows)], fontsize=7, padding=2)
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set(ylabel="overall accuracy (%)", ylim=(0, 105),
-           title="sweep: mean overall accuracy ± std over seeds")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    with png_figure(path, figsize=(max(4.0, 1.0 + 0.9 * len(rows)), 4.5)) as (fig, ax):
+        bars = ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="tab:blue",
+                      alpha=0.8)
+        ax.bar_label(bars, labels=[f"{m:.1f}" if r["overall"]["mean"] is not None else "—"
+                                   for m, r in zip(means, rows)], fontsize=7, padding=2)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set(ylabel="overall accuracy (%)", ylim=(0, 105),
+               title="sweep: mean overall accuracy ± std over seeds")
+        ax.grid(axis="y", alpha=0.3)
