@@ -213,3 +213,11 @@ def test_a_sweep_file_gives_defaults_the_command_line_overrides(tmp_path: Path) 
         load_definition(str(path))
     with pytest.raises(LrcnError, match="unknown sweep 'nope'; shipped sweeps: cpu-lrm-easyvqa"):
         load_definition("nope")
+
+
+def test_a_table_of_keys_outside_the_grid_is_refused_before_any_run_trains(
+        vqa2_layout: VQA2Layout, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    result = run_cli(capsys, *sweep_args(vqa2_layout, out), "--table", "model.variant,model.lrm")
+    assert_refused(result, "sweep", "--table 'model.variant,model.lrm': ROWS and COLS must be "
+                   "grid keys: model.variant", absent=(out,))

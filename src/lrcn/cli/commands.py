@@ -108,6 +108,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         first = train_config(args).train.seed
         sweep = _checked_sweep(args, Sweep(grid, [first + k for k in range(args.seeds)],
                                            train_args(args, skip=("train.seed",))))
+    if table is not None and not set(table) <= set(sweep.grid):  # refused before any training
+        raise LrcnError(f"--table {args.table!r}: ROWS and COLS must be grid keys: "
+                        f"{', '.join(sweep.grid)}")
     baseline = None
     if args.baseline:
         key, _, value = args.baseline.partition("=")
