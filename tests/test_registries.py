@@ -57,8 +57,12 @@ def test_every_model_is_offered_by_the_cli(arch: str, capsys: pytest.CaptureFixt
     assert arch in help_of(train_help(capsys), "--model", "--task")
 
 
-@pytest.mark.parametrize("section, field", flag_fields(),
-                         ids=[f"{s}.{f.name}" for s, f in flag_fields()])
+# --init names a run whose config becomes the base: test_init.py checks that flag.
+PLAIN_FLAGS = [(s, f) for s, f in flag_fields() if f"{s}.{f.name}" != "train.init"]
+
+
+@pytest.mark.parametrize("section, field", PLAIN_FLAGS,
+                         ids=[f"{s}.{f.name}" for s, f in PLAIN_FLAGS])
 def test_every_field_flag_sets_its_field(section: str, field: dataclasses.Field,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A field that declares a flag has it, with its choices, and the flag sets the field."""
@@ -90,7 +94,7 @@ def test_every_field_flag_sets_its_field(section: str, field: dataclasses.Field,
 def test_resumable_fields_are_declared_on_the_fields() -> None:
     resumable, movable = resumable_fields()
     assert {"train.epochs", "train.device", "train.num_workers"} <= set(resumable)
-    assert set(movable) == {"data.data_root", "data.features", "data.glove"}
+    assert set(movable) == {"data.data_root", "data.features", "data.glove", "train.init"}
     assert not {"train.lr", "train.seed", "model.d_model", "data.dataset"} & set(resumable)
 
 

@@ -1,5 +1,5 @@
-"""The ``lrcn`` commands (train, compare, evaluate, predict, score, serve, features, data) and
-``main``, which runs one.
+"""The ``lrcn`` commands (train, compare, sweep, evaluate, predict, score, serve, features,
+data, import) and ``main``, which runs one.
 
 With ``--json`` the last line of stdout is one JSON object; everything else (logs, progress
 bars) goes to stderr. Errors print one message to stderr and exit non-zero, no traceback.
@@ -256,9 +256,14 @@ def cmd_data(args: argparse.Namespace) -> dict[str, Any]:
     return run_data(args)
 
 
+def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.cli.imports import run_import
+    return run_import(args)
+
+
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "score": cmd_score, "features": cmd_features,
-            "serve": cmd_serve, "data": cmd_data, "sweep": cmd_sweep}
+            "serve": cmd_serve, "data": cmd_data, "sweep": cmd_sweep, "import": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,12 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
     from lrcn.config import DEVICES
     from lrcn.features.formats import FORMATS
     from lrcn.features.store import DTYPES
+    from lrcn.models.detectron2_trunk import (
+        DETECTRON2_TRUNK_NAMES,
+        GRID_SIZES,
+        MAX_SIZE_TEST,
+        MIN_SIZE_TEST,
+    )
     from lrcn.models.image_encoders import TRUNK_NAMES
 
     p = sub.add_parser("features", help="build and check grid-feature stores",
@@ -34,17 +40,31 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="store folder to create (must not exist)")
     a.add_argument("--dtype", choices=DTYPES, default="float16")
     a.add_argument("--channels", type=int, default=2048, help="feature channels C")
+    a.add_argument("--mask-zero-rows", action="store_true",
+                   help="mask every region or cell whose features are all zero, as openvqa "
+                        "does with the zero rows it pads region lists with")
     a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
-    a = actions.add_parser("extract", help="extract C5 grids of a torchvision trunk from images")
+    a = actions.add_parser("extract", help="extract C5 grids of a frozen trunk from images")
     a.add_argument("--images", required=True, help="image folder (.jpg/.jpeg/.png, recursive)")
     a.add_argument("--backbone", required=True,
-                   help=f"torchvision trunk: {', '.join(TRUNK_NAMES)}")
-    a.add_argument("--weights", help="torchvision state dict of the backbone")
+                   help=f"torchvision trunk: {', '.join(TRUNK_NAMES)}; or "
+                        f"{', '.join(DETECTRON2_TRUNK_NAMES)}: grid-feats-vqa's ResNeXt-152 "
+                        "32x8d trained on Visual Genome (detectron2 checkpoint, no detectron2 "
+                        "needed)")
+    a.add_argument("--weights", help="weights of the backbone: a torchvision state dict, or for "
+                                     "x152 grid-feats-vqa's detectron2 checkpoint (X-152.pth)")
     a.add_argument("--out", required=True, help="store folder to create (must not exist)")
-    a.add_argument("--image-size", type=int, default=512,
-                   help="images are resized to N x N; the grid is N/32 x N/32")
-    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--image-size", type=int, default=None,
+                   help="torchvision trunks: images are resized to N x N; the grid is N/32 x "
+                        "N/32 (default 512)")
+    a.add_argument("--grid", type=int, choices=GRID_SIZES, default=None,
+                   help=f"x152 only: each image is resized as grid-feats-vqa does (shortest "
+                        f"side {MIN_SIZE_TEST}, longest at most {MAX_SIZE_TEST}, aspect ratio "
+                        "kept), its variable res5 grid is average-pooled to G x G (default 16)")
+    a.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass and per progress record (x152 runs one image "
+                        "at a time, each at its own size: this is only rows per record)")
     a.add_argument("--device", choices=DEVICES, default="cpu")
     a.add_argument("--dtype", choices=DTYPES, default="float16")
     a.add_argument("--random-weights", action="store_true",
@@ -68,13 +88,13 @@ def run_features(args: argparse.Namespace) -> dict[str, Any]:
         from lrcn.features.formats import import_features
 
         store = import_features(args.format, Path(args.src), Path(args.out), args.dtype,
-                                args.channels)
+                                args.channels, args.mask_zero_rows)
     elif action == "extract":
         from lrcn.engine.feature_extraction import extract_features
 
         store = extract_features(args.images, args.backbone, args.weights, args.out,
                                  args.image_size, args.batch_size, args.random_weights,
-                                 args.device, args.dtype)
+                                 args.device, args.dtype, grid=args.grid)
     else:
         store = FeatureStore.open(args.store)
         if action == "verify":

@@ -197,14 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lrcn.cli.data import add_data_parser
     from lrcn.cli.features import add_features_parser
+    from lrcn.cli.imports import add_import_parser
     add_features_parser(sub)
     add_data_parser(sub)
+    add_import_parser(sub)
     return parser
 
 
 def train_config(args: argparse.Namespace) -> RunConfig:
-    """Preset or file (with ``--resume``, the run's config.yaml), then the explicit flags, then
-    ``--set`` overrides; the schedule then follows the epochs (`follow_epochs`)."""
+    """Preset or file (with ``--resume``, the run's config.yaml; with ``--init SRC`` and no
+    ``--config``, the source run's config), then the explicit flags, then ``--set`` overrides;
+    the schedule then follows the epochs (`follow_epochs`)."""
     from lrcn.config import default_preset
     from lrcn.config.schedule import follow_epochs
     from lrcn.data import default_splits
@@ -220,9 +223,15 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         if not (Path(resume) / "config.yaml").is_file():
             raise LrcnError(f"no run to resume in {resume}: it has no config.yaml")
         source = str(Path(resume) / "config.yaml")
+        cfg = load_config(source)
+    elif flags.get("train.init") and not args.config:  # the source run's model, data, schedule
+        from lrcn.engine.setup import init_config
+
+        init = flags["train.init"]
+        source, cfg = f"the config of --init {init}", init_config(init)
     else:
         source = args.config or default_preset(dataset, bool(features))
-    cfg = load_config(source)
+        cfg = load_config(source)
     stated = dataclasses.replace(cfg.train)  # the schedule as the preset or file states it
     if dataset and dataset != cfg.data.dataset:
         # Another dataset than the preset's: start from that dataset's usual splits.

@@ -22,6 +22,8 @@ POSITIONS = ("none", "coords", "sincos", "both")
 ANSWER_LOSSES = ("bce", "ce")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
+NORMS = ("torch", "openvqa")
+NO_KEY_RULES = ("zero", "uniform")
 
 
 def option(default: Any = MISSING, *, default_factory: Any = MISSING, flag: str | None = None,
@@ -120,6 +122,16 @@ class ModelConfig:
     distance_bias: bool = False       # LRCN: image self-attention heads biased by cell distance (models/position.py)
     answerable_hidden: int = option(0, minimum=0)  # answerability head: 0 linear; N > 0 an MLP of N hidden units
     fast_cpu: bool = True             # the CPU speed layer (one-pass numba dropout); False: plain PyTorch layers
+    # The formula of every layer norm of LRCN (models/layers.py): torch (biased variance,
+    # eps 1e-5 inside the square root) or openvqa (MCAN's: unbiased standard deviation plus
+    # eps 1e-6), for weights trained with openvqa / mcan-vqa (lrcn import openvqa).
+    norm: str = option("torch", choices=NORMS)
+    # Mask every image region whose features are all zero, as openvqa does for its padded
+    # region lists; off: only a feature store's mask.npy masks regions.
+    mask_zero_rows: bool = False
+    # What attention and pooling give a query whose keys are all masked: zero (a zero context
+    # vector) or uniform (the mean over all keys, openvqa's result of its -1e9 masking).
+    no_key_attention: str = option("zero", choices=NO_KEY_RULES)
 
     def validate(self) -> None:
         check_fields(self, "model")
@@ -151,6 +163,10 @@ class TrainConfig:
                               help="bce: soft scores over all answers; ce: the most common answer")
     answerable_weight: float = 1.0    # weight of the answerability loss with model.task both
     seed: int = option(0, flag="--seed", help="seed of the weights, data order and dropout")
+    init: str | None = option(None, flag="--init", movable=True,
+                              help="start from the weights of this run folder or checkpoint "
+                              "(its vocabularies and config too; a new optimiser, the schedule "
+                              "from epoch 0); flags change the config")
     device: str = option("cpu", flag="--device", choices=DEVICES, resumable=True,
                          help="where to train")
     num_workers: int = option(0, flag="--workers", minimum=0, resumable=True,

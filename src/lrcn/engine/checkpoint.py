@@ -119,11 +119,21 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     )
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path,
+                 source: str | None = None) -> None:
     """Load the checkpoint's weights into `model`, or say which parameter does not fit.
 
     torch's first line only says "Error(s) in loading state_dict for VQAModel:"; the next
-    names the first parameter at fault (size mismatch, missing or unexpected keys)."""
+    names the first parameter at fault (size mismatch, missing or unexpected keys).
+
+    `source`: the weights are another run's, for the model this run's config describes
+    (``lrcn train --init``, named so in the error); a mismatch then lists every kind of
+    tensor at fault, the first few names and a count of each (`weight_mismatch`)."""
+    if source is not None:
+        mismatch = weight_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise LrcnError(f"{source}: the weights of {path} do not fit the model this run's "
+                            f"config describes: {mismatch}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -133,6 +143,26 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path) -> N
             detail = detail[:300] + "..."
         raise LrcnError(f"checkpoint {path} does not match the model its config describes: "
                         f"{detail}") from None
+
+
+def weight_mismatch(expected: dict[str, torch.Tensor], state: dict[str, Any],
+                    shown: int = 3) -> str:
+    """What keeps `state` from loading strictly where `expected` (a model's state dict) is:
+    the tensors missing from it, those it has that the model lacks, and those of another
+    shape, each kind counted with its first `shown` names; "" when it fits."""
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    shapes = [f"{name} {list(state[name].shape)} vs {list(tensor.shape)}"
+              for name, tensor in expected.items()
+              if name in state and tuple(state[name].shape) != tuple(tensor.shape)]
+    parts = []
+    for names, what in ((missing, "missing from the checkpoint"),
+                        (unexpected, "unexpected (not in the model)"),
+                        (shapes, "of another shape (checkpoint vs model)")):
+        if names:
+            more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+            parts.append(f"{len(names)} tensor(s) {what}: {', '.join(names[:shown])}{more}")
+    return "; ".join(parts)
 
 
 def _check_fields(path: Path, payload: dict[str, Any]) -> None:

@@ -1,10 +1,17 @@
-"""Grid features from the user's own images: the C5 grid of a frozen torchvision trunk.
+"""Grid features from the user's own images: the C5 grid of a frozen trunk.
 
-Each image is resized to S x S, ImageNet-normalised and run through the trunk up to layer4,
-giving (S/32) x (S/32) cells of 2048 channels (S = 512 -> 16 x 16, the grid the paper feeds
-to its 2x2 stride-2 convolution). Extraction is resumable: after every batch the rows are
-made durable and ``STORE.partial/progress.json`` is rewritten atomically, so rerunning the
-same command continues after the last complete batch and gives a byte-identical store.
+Torchvision trunks: each image is resized to S x S, ImageNet-normalised and run through the
+trunk up to layer4, giving (S/32) x (S/32) cells of 2048 channels (S = 512 -> 16 x 16, the
+grid the paper feeds to its 2x2 stride-2 convolution).
+
+``x152`` (grid-feats-vqa's X-152, `lrcn.models.detectron2_trunk`): each image is prepared as
+detectron2 does (shortest side 600, longest at most 1000, aspect ratio kept; BGR minus the
+pixel mean), run at its own size, one image at a time, since padding to batch them would change
+the border cells; its variable res5 grid is then average-pooled to a fixed G x G (16 or 8).
+
+Extraction is resumable: after every batch the rows are made durable and
+``STORE.partial/progress.json`` is rewritten atomically, so rerunning the same command
+continues after the last complete batch and gives a byte-identical store.
 """
 
 from __future__ import annotations
@@ -19,14 +26,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from lrcn.data.images import ImageTable, normalize
+from lrcn.data.images import ImageTable, load_image, normalize
 from lrcn.fileio import atomic_write
 from lrcn.errors import LrcnError
 from lrcn.features.store import DTYPES, PROGRESS_FILE, FeatureStore, partial_path, sha256_file
 from lrcn.features.writer import StoreWriter
-from lrcn.models.image_encoders import TorchvisionTrunk
+from lrcn.models.detectron2_trunk import (
+    DETECTRON2_TRUNK_NAMES,
+    GRID_SIZES,
+    MAX_SIZE_TEST,
+    MIN_SIZE_TEST,
+    Detectron2Trunk,
+    preprocess,
+)
+from lrcn.models.image_encoders import TRUNK_NAMES, GridEncoder, TorchvisionTrunk
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +50,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TRUNK_STRIDE = 32  # C5 cells per image side = image_size / 32
 TRUNK_CHANNELS = 2048
 RANDOM_SEED = 0  # random weights are seeded, so a resumed run matches an uninterrupted one
+BACKBONES = TRUNK_NAMES + DETECTRON2_TRUNK_NAMES
+DEFAULT_IMAGE_SIZE = 512  # torchvision trunks
+DEFAULT_GRID = GRID_SIZES[0]  # x152: 16 x 16
 
 
 def find_images(images_dir: Path) -> list[tuple[str, Path]]:
@@ -44,8 +63,13 @@ def find_images(images_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _settings(keys: list[str], backbone: str, weights: Path | None, random_weights: bool,
-              image_size: int, batch_size: int, dtype: str, device: str) -> dict[str, Any]:
-    """Everything that decides the bytes of the store; a resumed run must match it exactly."""
+              image_size: int | None, batch_size: int, dtype: str, device: str,
+              grid: int | None = None, resize: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Everything that decides the bytes of the store; a resumed run must match it exactly.
+
+    `image_size` is a torchvision trunk's, `grid` and `resize` (shortest, longest) x152's; the
+    others' are None.
+    """
     return {
         "count": len(keys),
         "keys_sha256": hashlib.sha256(json.dumps(keys).encode()).hexdigest(),
@@ -58,6 +82,8 @@ def _settings(keys: list[str], backbone: str, weights: Path | None, random_weigh
         "batch_size": batch_size,
         "dtype": dtype,
         "device": device,
+        "grid": grid,
+        "resize": None if resize is None else list(resize),  # as JSON gives it back
     }
 
 
@@ -91,7 +117,7 @@ def _write_progress(partial: Path, rows_done: int, settings: dict[str, Any]) -> 
 
 
 def _build_trunk(backbone: str, weights: Path | None, random_weights: bool,
-                 device: torch.device) -> TorchvisionTrunk:
+                 device: torch.device) -> GridEncoder:
     if random_weights:
         message = (f"extracting with RANDOM {backbone} weights (--random-weights): the features "
                    "are noise, fit only for tests")
@@ -99,7 +125,10 @@ def _build_trunk(backbone: str, weights: Path | None, random_weights: bool,
         print(f"WARNING: {message}", file=sys.stderr)
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(RANDOM_SEED)
-        trunk = TorchvisionTrunk(backbone, weights, freeze=True, random_weights=random_weights)
+        if backbone in DETECTRON2_TRUNK_NAMES:
+            trunk: GridEncoder = Detectron2Trunk(weights, random_weights=random_weights)
+        else:
+            trunk = TorchvisionTrunk(backbone, weights, freeze=True, random_weights=random_weights)
     return trunk.to(device)
 
 
@@ -108,29 +137,60 @@ def extract_features(
     backbone: str,
     weights: str | Path | None,
     out: str | Path,
-    image_size: int = 512,
+    image_size: int | None = None,
     batch_size: int = 16,
     random_weights: bool = False,
     device: str = "cpu",
     dtype: str = "float16",
+    grid: int | None = None,
+    resize: tuple[int, int] | None = None,
 ) -> FeatureStore:
     """Extract the C5 grid of every image under `images_dir` into a new store at `out`.
 
     Keys are the images' paths relative to `images_dir`. If ``out``.partial holds an
     interrupted extraction with the same settings, it is continued; with other settings it
     is an error. Nothing exists at `out` until the store is complete.
+
+    Torchvision trunks take `image_size` (default 512): images are resized to S x S and the
+    grid is S/32 x S/32. ``x152`` takes `grid` (16 or 8, default 16): the G x G average pool
+    of its res5 grid, each image resized as grid-feats-vqa does; `resize` (shortest, longest),
+    default (600, 1000), is for tests that cannot afford 600-pixel images on a CPU. On the
+    x152 path the trunk runs one image at a time and `batch_size` is only the number of rows
+    written, and recorded as done, together.
     """
     images_dir, out = Path(images_dir), Path(out)
-    if image_size < TRUNK_STRIDE or image_size % TRUNK_STRIDE:
-        raise LrcnError(f"--image-size must be a positive multiple of {TRUNK_STRIDE}, got {image_size}")
+    if backbone not in BACKBONES:
+        raise LrcnError(f"unknown image trunk {backbone!r}; known trunks: {', '.join(BACKBONES)}")
+    detectron2 = backbone in DETECTRON2_TRUNK_NAMES
+    if detectron2:
+        if image_size is not None:
+            raise LrcnError(f"--image-size is for torchvision trunks: {backbone} resizes each "
+                            f"image as grid-feats-vqa does (shortest side {MIN_SIZE_TEST}, "
+                            f"longest at most {MAX_SIZE_TEST}) and pools its grid to --grid")
+        grid = DEFAULT_GRID if grid is None else grid
+        if grid not in GRID_SIZES:
+            raise LrcnError(f"--grid must be one of {', '.join(map(str, GRID_SIZES))}, got {grid}")
+        resize = (MIN_SIZE_TEST, MAX_SIZE_TEST) if resize is None else tuple(resize)
+        if len(resize) != 2 or not all(isinstance(n, int) and n > 0 for n in resize) \
+                or resize[0] > resize[1]:
+            raise LrcnError(f"resize must be (shortest, longest), positive, shortest <= longest; "
+                            f"got {resize!r}")
+    else:
+        if grid is not None or resize is not None:
+            raise LrcnError(f"--grid (and resize) are for {', '.join(DETECTRON2_TRUNK_NAMES)}: "
+                            "a torchvision trunk's grid is --image-size / 32")
+        image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        if image_size < TRUNK_STRIDE or image_size % TRUNK_STRIDE:
+            raise LrcnError(f"--image-size must be a positive multiple of {TRUNK_STRIDE}, got {image_size}")
     if batch_size < 1:
         raise LrcnError(f"--batch-size must be at least 1, got {batch_size}")
     if dtype not in DTYPES:
         raise LrcnError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if weights is None and not random_weights:
-        raise LrcnError(f"{backbone} needs its weights: pass --weights FILE (a torchvision state "
-                        "dict saved with torch.save(model.state_dict(), FILE)); --random-weights "
-                        "is for tests only")
+        kind = ("grid-feats-vqa's X-152.pth, a detectron2 checkpoint" if detectron2 else
+                "a torchvision state dict saved with torch.save(model.state_dict(), FILE)")
+        raise LrcnError(f"{backbone} needs its weights: pass --weights FILE ({kind}); "
+                        "--random-weights is for tests only")
     if weights is not None and random_weights:
         raise LrcnError("--weights and --random-weights exclude each other")
     weights = None if weights is None else Path(weights)
@@ -149,17 +209,25 @@ def extract_features(
     count = len(keys)
 
     settings = _settings(keys, backbone, weights, random_weights, image_size, batch_size,
-                         dtype, device)
+                         dtype, device, grid, resize)
     partial = partial_path(out)
     resume = partial.exists()
     done = _resume_point(partial, settings) if resume else 0
     trunk = _build_trunk(backbone, weights, random_weights, torch.device(device))
 
-    cells = image_size // TRUNK_STRIDE
-    source = {"backbone": backbone, "weights": settings["weights"],
-              "weights_sha256": settings["weights_sha256"], "random_weights": random_weights,
-              "image_size": image_size, "images": str(images_dir.resolve()),
-              "normalization": "imagenet", "device": device}
+    source: dict[str, Any] = {
+        "backbone": backbone, "weights": settings["weights"],
+        "weights_sha256": settings["weights_sha256"], "random_weights": random_weights}
+    if detectron2:
+        assert grid is not None and resize is not None
+        cells = grid
+        source.update({"resize": list(resize), "grid": grid, "images": str(images_dir.resolve()),
+                       "normalization": "detectron2-bgr", "device": device})
+    else:
+        assert image_size is not None
+        cells = image_size // TRUNK_STRIDE
+        source.update({"image_size": image_size, "images": str(images_dir.resolve()),
+                       "normalization": "imagenet", "device": device})
     writer = StoreWriter(out, count, (cells, cells, TRUNK_CHANNELS), dtype, "grid", False, keys,
                          source, resume=resume)
     if resume:
@@ -167,11 +235,27 @@ def extract_features(
     else:
         _write_progress(partial, 0, settings)
 
-    table = ImageTable([path for _, path in files], image_size, cache=False)
     starts = list(range(done, count, batch_size))
+    if detectron2:
+        def batch_pixels(start: int) -> list[torch.Tensor]:  # [(3, H_i, W_i)], sizes differ
+            return [preprocess(load_image(path), *resize)
+                    for _, path in files[start:start + batch_size]]
 
-    def batch_pixels(start: int) -> torch.Tensor:
-        return table.pixels(torch.arange(start, min(start + batch_size, count)))
+        def encode(pixels: list[torch.Tensor]) -> torch.Tensor:
+            grids = []
+            for image in pixels:  # one at a time: padding would change the border cells
+                res5 = trunk(image[None].to(device)).permute(0, 3, 1, 2)  # (1, 2048, h, w)
+                pooled = F.adaptive_avg_pool2d(res5, cells)  # (1, 2048, G, G)
+                grids.append(pooled.permute(0, 2, 3, 1))  # (1, G, G, 2048)
+            return torch.cat(grids)  # (B, G, G, 2048)
+    else:
+        table = ImageTable([path for _, path in files], image_size, cache=False)
+
+        def batch_pixels(start: int) -> torch.Tensor:
+            return table.pixels(torch.arange(start, min(start + batch_size, count)))
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            return trunk(normalize(pixels.to(device)))  # (B, cells, cells, 2048)
 
     try:
         bar = tqdm(total=count, initial=done, desc=f"{backbone} features", unit="img",
@@ -183,8 +267,7 @@ def extract_features(
                 pixels = pending.result()
                 if i + 1 < len(starts):
                     pending = loader.submit(batch_pixels, starts[i + 1])
-                grid = trunk(normalize(pixels.to(device)))  # (B, cells, cells, 2048)
-                block = grid.float().cpu().numpy().astype(dtype)
+                block = encode(pixels).float().cpu().numpy().astype(dtype)
                 finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
                 if not finite.all():
                     bad = start + int(np.flatnonzero(~finite)[0])

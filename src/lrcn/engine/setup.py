@@ -3,7 +3,8 @@
 `check_train_config` refuses a config that cannot run here, before any process group or file
 exists; `prepare_data` reads the data and builds the vocabularies; `setup_run` builds the
 model and the encoded splits and returns them with a resolved copy of the config (the caller's
-config is never changed).
+config is never changed). A run started from another run's weights (``train.init``,
+``lrcn train --init SRC``) takes that run's vocabularies and weights (`load_init_source`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from lrcn.config import ModelConfig, RunConfig
 from lrcn.config.schedule import (
     describe_schedule, epochs_for_samples, image_passes_per_epoch, lr_per_epoch,
 )
-from lrcn.data import AnswerVocab, WordVocab, check_images, load_split
+from lrcn.data import AnswerVocab, WordVocab, check_images, load_split, training_answer
 from lrcn.data.batches import EncodedSplit
 from lrcn.data.glove import cached_glove
 from lrcn.data.images import find_unreadable
 from lrcn.data.pipeline import encode_for_model
 from lrcn.data.records import VQASplit
 from lrcn.engine import distributed
-from lrcn.engine.checkpoint import Checkpoint, load_weights
+from lrcn.engine.checkpoint import (
+    Checkpoint, load_checkpoint, load_weights, resolve_checkpoint,
+)
 from lrcn.engine.checkpointer import Progress, resume_checkpoint
 from lrcn.engine.inference import resolve_device
 from lrcn.engine.memory import keep_freed_memory
@@ -85,6 +88,25 @@ def check_train_config(cfg: RunConfig, resume: bool = False) -> None:
                         "use --precision fp32")
 
 
+def load_init_source(init: str) -> tuple[Path, Checkpoint]:
+    """The checkpoint ``train.init`` names (a run folder: its best.pt, else its last.pt) and
+    its path; an error names ``--init``."""
+    try:
+        path = resolve_checkpoint(init)
+        return path, load_checkpoint(path)
+    except LrcnError as exc:
+        raise LrcnError(f"--init {init}: {exc}") from None
+
+
+def init_config(init: str) -> RunConfig:
+    """The config of a run started from `init`'s weights without a ``--config``: the source
+    run's own (its model, data and schedule, as its checkpoint records them), with
+    ``train.init`` set to `init`; the caller applies its flags on top."""
+    cfg = load_init_source(init)[1].config
+    cfg.train.init = init
+    return cfg
+
+
 @dataclass
 class RunData:
     """The splits of a run and what is built from them before the model exists."""
@@ -99,14 +121,23 @@ class RunData:
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # --skip-invalid
 
 
-def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
+def prepare_data(cfg: RunConfig, glove_cache: Path | None = None,
+                 vocabs_from: Checkpoint | None = None) -> RunData:
     """Read the splits, build the vocabularies (and GloVe vectors), check feature stores.
 
     The answer vocabulary comes from ``data.answer_vocab_splits`` when set (MCAN/TRAR/LRCN:
     train2014+val2014 with answer_min_count 9), else from the training split. The model's
     word_dim follows the GloVe vectors and, reading feature stores, its feature_channels the
     stores (in `RunData.model`; `cfg` is left as it is).
+
+    A run started from another run's weights (``train.init``) takes both vocabularies from
+    `vocabs_from` (the source checkpoint, read from ``train.init`` when not given; a resumed
+    run's own last.pt), so that the embedding rows and answer logits keep their meaning, and
+    reads no GloVe: the word embeddings come with the weights. A training answer outside that
+    answer vocabulary gives no target, as any answer outside a vocabulary.
     """
+    if vocabs_from is None and cfg.train.init:
+        vocabs_from = load_init_source(cfg.train.init)[1]
     d, model_cfg = cfg.data, dataclasses.replace(cfg.model)
     parts: dict[str, VQASplit] = {}  # each split file is read once, whatever combinations use it
     train_split = load_split(d.dataset, d.data_root, d.train_split, parts)
@@ -125,14 +156,24 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
         train_split = drop_unreadable_images(train_split, skipped)
         if val_split is not None:
             val_split = drop_unreadable_images(val_split, skipped)
-    if d.answer_vocab_splits and d.answer_vocab_splits != d.train_split:
-        vocab_records = load_split(d.dataset, d.data_root, d.answer_vocab_splits, parts).records
+    if vocabs_from is not None:
+        word_vocab, answer_vocab = vocabs_from.word_vocab, vocabs_from.answer_vocab
+        vocabs = f"--init {cfg.train.init}"
+        log_answer_coverage(train_split, answer_vocab, vocabs)
     else:
-        vocab_records = train_split.records
-    word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
-    answer_vocab = AnswerVocab.build(vocab_records, d.answer_min_count, d.answer_max_size)
+        if d.answer_vocab_splits and d.answer_vocab_splits != d.train_split:
+            vocab_records = load_split(d.dataset, d.data_root, d.answer_vocab_splits,
+                                       parts).records
+        else:
+            vocab_records = train_split.records
+        word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
+        answer_vocab = AnswerVocab.build(vocab_records, d.answer_min_count, d.answer_max_size)
+        vocabs = d.answer_vocab_splits or d.train_split
     word_vectors = coverage = None
-    if d.glove:
+    if d.glove and vocabs_from is not None:
+        log.info("data.glove %s not read: the word embeddings come with the weights of "
+                 "--init %s", d.glove, cfg.train.init)
+    elif d.glove:
         word_vectors, coverage = cached_glove(d.glove, word_vocab, glove_cache)
         if word_vectors.shape[1] != model_cfg.word_dim:
             log.info("word_dim set to %d, the size of the GloVe vectors", word_vectors.shape[1])
@@ -149,9 +190,18 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None) -> RunData:
     log.info("%s: %d questions, %s: %s questions; %d words, %d answers (from %s)",
              train_split.name, len(train_split.records), d.val_split,
              len(val_split.records) if val_split else "no", len(word_vocab), len(answer_vocab),
-             d.answer_vocab_splits or d.train_split)
+             vocabs)
     return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors, model_cfg,
                    coverage, skipped)
+
+
+def log_answer_coverage(split: VQASplit, answer_vocab: AnswerVocab, source: str) -> None:
+    """Log how many of the split's questions have their answer (`training_answer`) in a
+    vocabulary `source` gave (not built from the split)."""
+    inside = sum(training_answer(r) in answer_vocab for r in split.records)
+    log.info("%d of %d %s questions (%.1f%%) have their answer among the %d answers of %s; "
+             "answers outside it train no target", inside, len(split.records), split.name,
+             100 * inside / max(1, len(split.records)), len(answer_vocab), source)
 
 
 def drop_unreadable_images(split: VQASplit, skipped: list[dict[str, Any]]) -> VQASplit:
@@ -178,6 +228,23 @@ def drop_unreadable_images(split: VQASplit, skipped: list[dict[str, Any]]) -> VQ
     return dataclasses.replace(split, records=kept)
 
 
+def build_model(cfg: RunConfig, data: RunData,
+                source: tuple[Path, Checkpoint] | None = None) -> VQAModel:
+    """The model `cfg` describes, sized by `data`; with a `source` (``train.init``: its path
+    and checkpoint), holding the source's weights, loaded strictly: any tensor missing,
+    unexpected or of another shape is an error naming them."""
+    if source is None:
+        return create_model(cfg.model, len(data.word_vocab), len(data.answer_vocab),
+                            data.word_vectors)
+    path, ckpt = source
+    # Every weight, a pretrained trunk's included, comes from the source below.
+    model = create_model(dataclasses.replace(cfg.model, encoder_weights=None),
+                         len(data.word_vocab), len(data.answer_vocab), random_weights=True)
+    load_weights(model, ckpt.model_state, path, source=f"--init {cfg.train.init}")
+    log.info("initialised from %s (%d tensors)", cfg.train.init, len(ckpt.model_state))
+    return model
+
+
 @dataclass
 class Run:
     """A run ready to train: what `setup_run` resolved and built."""
@@ -195,7 +262,8 @@ class Run:
 
 def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
     """Check `cfg`, read the data, build and seed the model (restoring a resumed run's
-    weights), and encode the splits as the model reads them."""
+    weights, or loading those of ``train.init``), and encode the splits as the model reads
+    them."""
     check_train_config(cfg, resume)
     saved, progress = None, Progress()
     if resume:
@@ -209,10 +277,16 @@ def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
     device = distributed.local_device(resolve_device(t.device))
     if device.type == "cpu" and t.keep_freed_memory:
         keep_freed_memory()  # large CPU activations reuse freed memory instead of page faults
-    data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR)
+    source = vocabs_from = None
+    if cfg.train.init:  # started from another run's weights: its vocabularies and weights;
+        # resumed, from its own last.pt, which has both (the source is not read again)
+        source = load_init_source(cfg.train.init) if saved is None else None
+        vocabs_from = source[1] if source is not None else saved
+    data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR,
+                        vocabs_from=vocabs_from)
     cfg.model = data.model
-    model = create_model(cfg.model, len(data.word_vocab), len(data.answer_vocab),
-                         data.word_vectors).to(device)
+    model = build_model(cfg, data, source).to(device)
+    del source, vocabs_from  # the source's weights are in the model now
     if not resume:  # a resumed run has its epochs already
         records = data.train.records
         epochs_for_samples(t, len(records), image_passes_per_epoch(

@@ -274,8 +274,13 @@ def import_features(
     out: str | Path,
     dtype: str = "float16",
     channels: int = 2048,
+    mask_zero_rows: bool = False,
 ) -> FeatureStore:
     """Pack the per-image files of a published format under `src` into a new store at `out`.
+
+    With `mask_zero_rows`, every region (grid cell) whose features are all zero is masked, as
+    openvqa masks the zero rows it pads its region lists with; otherwise only the padding
+    added here is.
 
     Two passes, never holding all arrays: the first reads only shapes (to size the store and
     the padding), the second writes rows block by block. On any error the partial store is
@@ -306,12 +311,13 @@ def import_features(
         raise LrcnError(f"{files[i][1]}: shape {shapes[i]} differs from {first} of {files[0][1]}; "
                         f"every {fmt} file must have the same shape")
     item_shape = tuple(max(s[d] for s in shapes) for d in range(len(shapes[0])))
-    with_mask = len(set(shapes)) > 1
+    with_mask = len(set(shapes)) > 1 or mask_zero_rows
     with_boxes = _all_or_no_boxes(spec, files)
     log.info("%s: %d files, item shape %s%s%s", src, len(files), item_shape,
              " (padded, with mask)" if with_mask else "", ", with boxes" if with_boxes else "")
 
-    source = {"format": fmt, "src": str(src.resolve()), "channels": channels}
+    source = {"format": fmt, "src": str(src.resolve()), "channels": channels,
+              "mask_zero_rows": mask_zero_rows}
     writer = StoreWriter(out, len(files), item_shape, dtype, spec.layout, with_mask,
                          [key for key, _ in files], source, with_boxes=with_boxes)
     try:
@@ -331,6 +337,8 @@ def import_features(
                 block[(j, *cells)] = _cast_checked(array, dtype, path)
                 if mask is not None:
                     mask[(j, *cells)] = True
+                if mask_zero_rows:
+                    mask[j] &= (block[j] != 0).any(axis=-1)
                 if boxes is not None:
                     boxes[j, :len(array)] = spec.boxes(path, len(array))
             writer.write(start, block, mask, boxes)

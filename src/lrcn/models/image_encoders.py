@@ -151,8 +151,12 @@ def _first_keys(keys: list[str], n: int = 5) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    """Read a state dict from ``path`` without running pickled code; LrcnError if it is not one."""
+def _read_state_dict(path: Path, unwrap: str | None = None) -> Mapping[str, torch.Tensor]:
+    """Read a state dict from ``path`` without running pickled code; LrcnError if it is not one.
+
+    With `unwrap`, a file holding a mapping whose `unwrap` entry is a mapping gives that entry
+    (detectron2 checkpoints: ``{"model": state_dict, "iteration": ..., ...}``).
+    """
     if not path.is_file():
         raise LrcnError(f"encoder weights file not found: {path}")
     try:
@@ -161,6 +165,8 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         raise LrcnError(
             f"{path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {str(exc)[:200]})"
         ) from None
+    if unwrap is not None and isinstance(state, Mapping) and isinstance(state.get(unwrap), Mapping):
+        state = state[unwrap]
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -6,10 +6,12 @@ Each layer with dropout takes ``fast`` (the model's ``model.fast_cpu``), decided
 is built: True uses the CPU speed layer (`lrcn.models.dropout`'s one-pass masks, where they
 can run), False plain PyTorch (``F.dropout``, ``F.scaled_dot_product_attention``).
 
-Rows with no valid key at all (a question of only padding, which only a caller's mistake can
-produce) are handled explicitly rather than left to produce NaN: attention gives such a query a
-zero context vector (so the output is the output projection's bias), and attention pooling
-gives all-zero weights and a zero pooled vector. Gradients stay finite in both cases.
+Rows with no valid key at all (a question of only padding, an image whose regions are all
+masked) are handled explicitly rather than left to produce NaN, by one of two rules
+(``model.no_key_attention``): ``zero`` gives such a query a zero context vector (so the output
+is the output projection's bias) and attention pooling all-zero weights and a zero pooled
+vector; ``uniform`` gives both the mean over all keys, which is what openvqa's masking with
+-1e9 computes (every score equal, so a uniform softmax). Gradients stay finite in both cases.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrcn.config import NO_KEY_RULES, NORMS
 from lrcn.errors import LrcnError
 from lrcn.models.dropout import dropout, fast_dropout_applies, relu_dropout
 
@@ -41,18 +44,32 @@ class KeyMask:
     attend: torch.Tensor
     bias: torch.Tensor
     has_key: torch.Tensor | None
+    uniform: bool = False
 
     @classmethod
-    def of(cls, valid: torch.Tensor | KeyMask | None) -> KeyMask | None:
-        """Prepare a (B, S) bool mask; a KeyMask or None is returned as it is."""
+    def of(cls, valid: torch.Tensor | KeyMask | None, no_key: str = "zero") -> KeyMask | None:
+        """Prepare a (B, S) bool mask; a KeyMask or None is returned as it is. `no_key` is the
+        rule for rows without a valid key: ``zero`` or ``uniform`` (see the module's doc)."""
         if valid is None or isinstance(valid, KeyMask):
             return valid
+        if no_key not in NO_KEY_RULES:
+            raise LrcnError(f"no_key_attention must be one of {', '.join(NO_KEY_RULES)}, "
+                            f"got {no_key!r}")
         any_key = valid.any(dim=-1)  # (B,)
         attend = (valid | ~any_key.unsqueeze(-1))[:, None, None, :]  # (B, 1, 1, S)
         bias = torch.zeros(attend.shape, dtype=torch.float32, device=valid.device)
         bias.masked_fill_(~attend, float("-inf"))
         has_key = None if bool(any_key.all()) else any_key.float()[:, None, None, None]
-        return cls(valid, attend, bias, has_key)
+        return cls(valid, attend, bias, has_key, no_key == "uniform")
+
+    def fill_no_key(self, out: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention output `out` (B, heads, T, head_dim) with the rows that have no valid key
+        replaced by the rule's result: zero, or the mean of `values` (B, heads, S, head_dim)."""
+        has_key = self.has_key.to(out.dtype)  # (B, 1, 1, 1)
+        out = out * has_key
+        if self.uniform:
+            out = out + (1 - has_key) * values.mean(dim=-2, keepdim=True)
+        return out
 
 
 class MultiHeadAttention(nn.Module):
@@ -132,7 +149,7 @@ class MultiHeadAttention(nn.Module):
         else:
             out = self.attend(q, k, v, mask, score_bias)
         if mask is not None and mask.has_key is not None:
-            out = out * mask.has_key.to(out.dtype)  # no valid key -> zero context
+            out = mask.fill_no_key(out, v)  # no valid key: zero or the mean of the values
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.out_proj(out)
 
@@ -219,7 +236,8 @@ class AttentionPool(nn.Module):
                 all valid.
 
         Returns:
-            pooled (B, D) and weights (B, N); a row without valid positions pools to zeros.
+            pooled (B, D) and weights (B, N); a row without valid positions has zero weights
+            (or uniform ones, by the mask's rule).
         """
         hidden = _relu_dropout(self.fc1(x), self.dropout, self.training, self.fast)
         scores = self.fc2(hidden).squeeze(-1)  # (B, N)
@@ -228,8 +246,11 @@ class AttentionPool(nn.Module):
             weights = scores.softmax(dim=-1)
         else:
             weights = (scores + mask.bias[:, 0, 0]).softmax(dim=-1)
-            if mask.has_key is not None:  # a row with no valid position -> zeros
-                weights = weights * mask.has_key[:, 0, 0].to(weights.dtype)
+            if mask.has_key is not None:  # a row with no valid position: zero or uniform
+                has_key = mask.has_key[:, 0, 0].to(weights.dtype)  # (B, 1)
+                weights = weights * has_key
+                if mask.uniform:
+                    weights = weights + (1 - has_key) / weights.shape[-1]
         pooled = torch.bmm(weights.unsqueeze(1), x).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
         return pooled, weights
 
@@ -250,3 +271,36 @@ def word_embedding(vocab_size: int, word_dim: int,
         with torch.no_grad():
             embed.weight.copy_(word_vectors)
     return embed
+
+
+class OpenVQALayerNorm(nn.Module):
+    """openvqa's (and mcan-vqa's) layer norm: a * (x - mean) / (std + eps) + b.
+
+    It differs from ``nn.LayerNorm`` in two ways that change the output by up to about 1e-3:
+    the standard deviation is the unbiased one (divided by D - 1), and eps = 1e-6 is added to
+    it outside the square root. The parameters are named as nn.LayerNorm's (weight, bias), so
+    a state dict fits either formula.
+    """
+
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        std = x.std(dim=-1, keepdim=True)  # unbiased, as torch.Tensor.std is by default
+        return self.weight * (x - mean) / (std + self.eps) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def layer_norm(size: int, norm: str = "torch") -> nn.Module:
+    """The layer norm named by ``model.norm``: ``torch`` (nn.LayerNorm) or ``openvqa``."""
+    if norm == "torch":
+        return nn.LayerNorm(size)
+    if norm == "openvqa":
+        return OpenVQALayerNorm(size)
+    raise LrcnError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")

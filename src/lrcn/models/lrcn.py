@@ -29,6 +29,7 @@ from lrcn.models.layers import (
     FeedForward,
     KeyMask,
     MultiHeadAttention,
+    layer_norm,
     word_embedding,
 )
 from lrcn.models.position import DistanceBias, GridPosition, region_centres
@@ -45,12 +46,12 @@ class QuestionSA(nn.Module):
     """
 
     def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float,
-                 fast: bool = True) -> None:
+                 fast: bool = True, norm: str = "torch") -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, heads, dropout, fast=fast)
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = layer_norm(d_model, norm)
         self.ffn = FeedForward(d_model, ffn_dim, dropout, fast=fast)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm2 = layer_norm(d_model, norm)
         self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
     def forward(self, y: torch.Tensor, y_mask: KeyMask | torch.Tensor | None) -> torch.Tensor:
@@ -72,17 +73,17 @@ class ImageSGA(nn.Module):
     """
 
     def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: str,
-                 distance_bias: bool = False, fast: bool = True) -> None:
+                 distance_bias: bool = False, fast: bool = True, norm: str = "torch") -> None:
         super().__init__()
         self.lrm_sa = lrm in ("sa", "both")
         self.lrm_ga = lrm in ("ga", "both")
         self.distance_bias = DistanceBias(heads) if distance_bias else None
         self.self_attn = MultiHeadAttention(d_model, heads, dropout, fast=fast)
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = layer_norm(d_model, norm)
         self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True, fast=fast)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm2 = layer_norm(d_model, norm)
         self.ffn = FeedForward(d_model, ffn_dim, dropout, fast=fast)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.norm3 = layer_norm(d_model, norm)
         self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
     def forward(
@@ -126,13 +127,13 @@ class QuestionGA(nn.Module):
     """
 
     def __init__(self, d_model: int, heads: int, ffn_dim: int, dropout: float, lrm: bool,
-                 fast: bool = True) -> None:
+                 fast: bool = True, norm: str = "torch") -> None:
         super().__init__()
         self.lrm = lrm
         self.guided_attn = MultiHeadAttention(d_model, heads, dropout, cross=True, fast=fast)
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = layer_norm(d_model, norm)
         self.ffn = FeedForward(d_model, ffn_dim, dropout, fast=fast)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm2 = layer_norm(d_model, norm)
         self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
     def forward(
@@ -197,29 +198,33 @@ class LRCN(nn.Module):
         self.image_proj = nn.Linear(grid_channels + self.position.extra_channels, D)
 
         # co-attention stacking: L question SA blocks, L image SGA layers (+ L question GA for cst)
-        L, fast = cfg.layers, cfg.fast_cpu
+        L, fast, norm = cfg.layers, cfg.fast_cpu, cfg.norm
         self.question_blocks = nn.ModuleList(
-            QuestionSA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, fast=fast) for _ in range(L)
+            QuestionSA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, fast=fast, norm=norm)
+            for _ in range(L)
         )
         if cfg.variant == "cst":
             self.question_guided = nn.ModuleList(
                 QuestionGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout,
-                           cfg.cst_question_lrm and cfg.lrm != "none", fast=fast)
+                           cfg.cst_question_lrm and cfg.lrm != "none", fast=fast, norm=norm)
                 for _ in range(L)
             )
         self.uses_distance_bias = cfg.distance_bias
         self.image_layers = nn.ModuleList(
             ImageSGA(D, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.lrm, cfg.distance_bias,
-                     fast=fast)
+                     fast=fast, norm=norm)
             for _ in range(L)
         )
+        # openvqa's conventions, for weights trained with it (lrcn import openvqa)
+        self.mask_zero_rows = cfg.mask_zero_rows
+        self.no_key_attention = cfg.no_key_attention
 
         # head: attention pooling on each stream, z = LN(X W_x + Y W_y), logits = z W_z
         self.image_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout, fast=fast)
         self.question_pool = AttentionPool(D, cfg.pool_hidden, cfg.dropout, fast=fast)
         self.fuse_image = nn.Linear(D, cfg.fused_dim)
         self.fuse_question = nn.Linear(D, cfg.fused_dim)
-        self.fuse_norm = nn.LayerNorm(cfg.fused_dim)
+        self.fuse_norm = layer_norm(cfg.fused_dim, norm)
         self.head = nn.Linear(cfg.fused_dim, num_answers)
 
     @property
@@ -261,6 +266,9 @@ class LRCN(nn.Module):
                     f"{', '.join(map(str, spatial))}) or ({B}, {cells})"
                 )
             grid_mask = grid_mask.reshape(B, *spatial).bool()  # (B, H, W) or (B, N)
+        if self.mask_zero_rows:  # openvqa's make_mask: an all-zero region is padding
+            nonzero = grid.abs().sum(dim=-1) != 0  # (B, H, W) or (B, N)
+            grid_mask = nonzero if grid_mask is None else grid_mask & nonzero
 
         if self.reduce is not None:
             if grid.dim() != 4:
@@ -343,7 +351,9 @@ class LRCN(nn.Module):
         """
         y, y_valid = self.encode_question(tokens)
         x, x_valid, centres = self.encode_grid(grid, grid_mask, grid_boxes)
-        y_mask, x_mask = KeyMask.of(y_valid), KeyMask.of(x_valid)  # built once, used by every layer
+        # built once, used by every layer
+        y_mask = KeyMask.of(y_valid, self.no_key_attention)
+        x_mask = KeyMask.of(x_valid, self.no_key_attention)
         x, y = self.co_attend(x, y, x_mask, y_mask, centres)
         x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
         y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)
