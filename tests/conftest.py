@@ -210,16 +210,21 @@ def vqa2_layout(tmp_path_factory: pytest.TempPathFactory) -> VQA2Layout:
     return make_vqa2_layout(tmp_path_factory.mktemp("vqa2"))
 
 
+def trained_run(out: Path, *argv: object) -> Path:
+    """``lrcn train --out OUT ARGV...`` in this process (for module- and session-scoped
+    fixtures), which must succeed; the run folder."""
+    result = run_cli_uncaptured("train", "--out", out, *argv)
+    assert result.code == 0, result.err
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_easyvqa_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny epoch of the default (small-CNN LRCN) model on 200 easy-VQA questions,
     trained once per session for the tests that need any trained checkpoint."""
-    out = tmp_path_factory.mktemp("runs") / "easyvqa-tiny"
-    result = run_cli_uncaptured("train", "--epochs", "1", "--out", out, "--json",
-                                *tiny_set_args(), "--set", "data.train_limit=200",
-                                "--set", "data.val_limit=50")
-    assert result.code == 0, result.err
-    return out
+    return trained_run(tmp_path_factory.mktemp("runs") / "easyvqa-tiny", "--epochs", "1",
+                       "--json", *tiny_set_args(), "--set", "data.train_limit=200",
+                       "--set", "data.val_limit=50")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,8 @@ import torch
 import yaml
 
 from conftest import (
-    VQA2Layout, read_metrics, run_cli, run_cli_uncaptured, tiny_set_args,
+    VQA2Layout, assert_one_line_error, read_metrics, run_cli, tiny_set_args, trained_run,
 )
-from conftest import assert_one_line_error
 from lrcn.cli import build_parser, train_config
 from lrcn.config import RunConfig, load_config
 from lrcn.data import WordVocab
@@ -34,10 +33,7 @@ SOURCE = ["--variant", "ed", "--lrm", "none", "--epochs", "1", *tiny_set_args(),
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("init") / "source"
-    result = run_cli_uncaptured("train", "--out", out, *SOURCE)
-    assert result.code == 0, result.err
-    return out
+    return trained_run(tmp_path_factory.mktemp("init") / "source", *SOURCE)
 
 
 def cli_config(*argv: str) -> RunConfig:

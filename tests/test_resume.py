@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import Result, read_metrics, run_cli, run_cli_uncaptured, tiny_set_args
+from conftest import Result, read_metrics, run_cli, tiny_set_args, trained_run
 from lrcn.engine import step
 from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
 from conftest import assert_one_line_error
@@ -34,10 +34,7 @@ RUN = [*tiny_set_args(), "--set", "model.dropout=0.1", "--set", "data.train_limi
 @pytest.fixture(scope="module")
 def whole_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run (in this process; one thread, as the subprocesses below)."""
-    out = tmp_path_factory.mktemp("resume") / "whole"
-    result = run_cli_uncaptured("train", "--out", out, *RUN)
-    assert result.code == 0, result.err
-    return out
+    return trained_run(tmp_path_factory.mktemp("resume") / "whole", *RUN)
 
 
 def start_training(out: Path) -> subprocess.Popen:

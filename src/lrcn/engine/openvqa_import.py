@@ -8,23 +8,23 @@ without keys (``model.no_key_attention: uniform``), and its vocabularies
 (`lrcn.data.openvqa`), saved in the checkpoint. Every openvqa tensor maps onto one lrcn
 tensor, or onto a slice of one where lrcn fuses projections:
 
-=============================================  =============================================
-openvqa (``backbone.`` ...)                    lrcn (``net.`` ...)
-=============================================  =============================================
-embedding, lstm                                embed, lstm
-adapter.frcn_linear (mcan-vqa: img_feat_linear) image_proj
-enc_list.i.mhatt.linear_{q,k,v}                question_blocks.i.self_attn.qkv_proj (q;k;v)
-enc_list.i.mhatt.linear_merge                  question_blocks.i.self_attn.out_proj
-enc_list.i.ffn.mlp.fc.linear, .mlp.linear      question_blocks.i.ffn.fc1, .fc2
-enc_list.i.norm{1,2}.{a_2,b_2}                 question_blocks.i.norm{1,2}.{weight,bias}
-dec_list.i.mhatt1 (as mhatt above)             image_layers.i.self_attn
-dec_list.i.mhatt2.linear_q, linear_{k,v}       image_layers.i.guided_attn.q_proj, .kv_proj
-dec_list.i.ffn, norm{1,2,3}                    image_layers.i.ffn, norm{1,2,3}
-attflat_img.mlp.fc.linear, .mlp.linear         image_pool.fc1, .fc2
-attflat_img.linear_merge                       fuse_image
-attflat_lang (as attflat_img)                  question_pool, fuse_question
-proj_norm, proj                                fuse_norm, head
-=============================================  =============================================
+================================================  ============================================
+openvqa (``backbone.`` ...)                       lrcn (``net.`` ...)
+================================================  ============================================
+embedding, lstm                                   embed, lstm
+adapter.frcn_linear (mcan-vqa: img_feat_linear)  image_proj
+enc_list.i.mhatt.linear_{q,k,v}                   question_blocks.i.self_attn.qkv_proj (q;k;v)
+enc_list.i.mhatt.linear_merge                     question_blocks.i.self_attn.out_proj
+enc_list.i.ffn.mlp.fc.linear, .mlp.linear         question_blocks.i.ffn.fc1, .fc2
+enc_list.i.norm{1,2}.{a_2,b_2}                    question_blocks.i.norm{1,2}.{weight,bias}
+dec_list.i.mhatt1 (as mhatt above)                image_layers.i.self_attn
+dec_list.i.mhatt2.linear_q, linear_{k,v}          image_layers.i.guided_attn.q_proj, .kv_proj
+dec_list.i.ffn, norm{1,2,3}                       image_layers.i.ffn, norm{1,2,3}
+attflat_img.mlp.fc.linear, .mlp.linear            image_pool.fc1, .fc2
+attflat_img.linear_merge                          fuse_image
+attflat_lang (as attflat_img)                     question_pool, fuse_question
+proj_norm, proj                                   fuse_norm, head
+================================================  ============================================
 
 A tensor left over on either side is an error that names it.
 """
