@@ -345,6 +345,7 @@ def test_imported_mcan_answers_as_openvqa_does(tmp_path: Path, tiny_mcan: Path,
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["norm"] == "openvqa" and config["model"]["lrm"] == "none"
     assert config["model"]["mask_zero_rows"] and config["model"]["no_key_attention"] == "uniform"
+    assert config["data"]["word_vocab"] == "openvqa"
 
     results = tmp_path / "val.json"
     result = run_cli(capsys, "evaluate", "--checkpoint", run, "--features", store,
@@ -531,3 +532,37 @@ def test_features_import_can_mask_zero_rows(tmp_path: Path) -> None:
         _, plain_mask = plain.read([row])
         assert not mask[0, 1] and plain_mask[0, 1]  # the zero row inside the list
         assert int((mask[0] != plain_mask[0]).sum()) == 1
+
+
+def test_mcan_vqa_checkpoint_imports_with_its_vocabulary(
+        tmp_path: Path, tiny_mcan: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_openvqa_data(tmp_path)
+    vocab = ref_vocab([data["samples"][s] for s in ("train2014", "val2014", "test2015", "vg")],
+                      cls=False)
+    sd = openvqa_state(len(vocab), len(ANSWERS), image_linear="img_feat_linear")
+    torch.save({"state_dict": sd, "lr_base": 1e-4}, tmp_path / "mcan.pkl")  # no epoch saved
+    result = run_cli(capsys, "import", "openvqa", "--checkpoint", tmp_path / "mcan.pkl",
+                     "--data-root", tmp_path, "--answer-dict", tmp_path / "answer_dict.json",
+                     "--model", "mcan_small", "--out", tmp_path / "run", "--json")
+    assert result.code == 0, result.err
+    loaded = load_model(tmp_path / "run", "cpu")
+    assert loaded.checkpoint.config.data.word_vocab == "mcan-vqa"
+    assert loaded.word_vocab.words == ["<pad>", "<unk>", *list(vocab)[2:]]
+
+
+def test_training_can_use_openvqas_vocabulary(tmp_path: Path) -> None:
+    from lrcn.config import RunConfig
+    from lrcn.engine.setup import prepare_data
+
+    make_openvqa_data(tmp_path)
+    cfg = RunConfig()
+    cfg.data.dataset, cfg.data.data_root = "vqa2", str(tmp_path)
+    cfg.data.train_split, cfg.data.val_split = "train2014", "val2014"
+    cfg.data.word_vocab = "openvqa"
+    assert prepare_data(cfg).word_vocab == openvqa_word_vocab(tmp_path)
+    cfg.data.word_vocab = "train"
+    assert prepare_data(cfg).word_vocab != openvqa_word_vocab(tmp_path)
+    bundled = RunConfig()  # easy-VQA, which needs no data root of its own
+    bundled.data.word_vocab = "openvqa"
+    with pytest.raises(LrcnError, match="data.word_vocab openvqa .* set data.data_root"):
+        prepare_data(bundled)

@@ -21,8 +21,8 @@ import yaml
 from lrcn.config.schedule import lr_per_epoch
 from lrcn.config.sections import (
     ANSWER_LOSSES, DEVICES, GRID_REDUCTIONS, LRM_PLACEMENTS, NO_KEY_RULES, NORMS, POSITIONS,
-    PRECISIONS, SECTIONS, TASKS, VARIANTS, DataConfig, ModelConfig, RunConfig, TrainConfig,
-    flag_fields, option, resumable_fields,
+    PRECISIONS, SECTIONS, TASKS, VARIANTS, WORD_VOCABS, DataConfig, ModelConfig, RunConfig,
+    TrainConfig, flag_fields, option, resumable_fields,
 )
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write
@@ -30,8 +30,8 @@ from lrcn.fileio import atomic_write
 
 __all__ = [
     "ANSWER_LOSSES", "DEVICES", "GRID_REDUCTIONS", "LRM_PLACEMENTS", "NO_KEY_RULES", "NORMS",
-    "POSITIONS", "PRECISIONS", "SECTIONS", "TASKS", "VARIANTS", "DataConfig", "ModelConfig",
-    "RunConfig", "TrainConfig",
+    "POSITIONS", "PRECISIONS", "SECTIONS", "TASKS", "VARIANTS", "WORD_VOCABS", "DataConfig",
+    "ModelConfig", "RunConfig", "TrainConfig",
     "apply_overrides", "changed_fields", "config_from_dict", "config_to_dict", "default_preset",
     "flag_fields", "load_config", "option", "packaged_names", "preset_names", "read_yaml",
     "resumable_fields", "save_config",

@@ -23,6 +23,7 @@ ANSWER_LOSSES = ("bce", "ce")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 NORMS = ("torch", "openvqa")
+WORD_VOCABS = ("train", "openvqa", "mcan-vqa")
 NO_KEY_RULES = ("zero", "uniform")
 
 
@@ -77,6 +78,11 @@ class DataConfig:
     val_limit: int | None = option(None, minimum=1)    # only the first N validation questions
     max_question_tokens: int = option(14, minimum=1)   # m in the paper: truncated/padded to this
     min_word_count: int = option(1, minimum=1)  # words seen fewer times in training -> <unk>
+    # The question words and their indices: train (the training questions' words seen at
+    # least min_word_count times, most frequent first), or openvqa / mcan-vqa (that code
+    # base's vocabulary, rebuilt from the VQA-v2 and VG question files under data_root:
+    # data/openvqa.py; what lrcn import openvqa records).
+    word_vocab: str = option("train", choices=WORD_VOCABS)
     answer_vocab_splits: str | None = None  # splits whose answers make the vocabulary; None: train_split
     answer_min_count: int = option(1, minimum=1)  # answers seen fewer times are dropped (9: "more than 8")
     answer_max_size: int | None = option(None, minimum=1)  # keep at most this many most frequent answers

@@ -43,8 +43,9 @@ from typing import Any
 import torch
 
 from lrcn.config import RunConfig, load_config, save_config
-from lrcn.data.openvqa import openvqa_word_vocab, read_answer_dict
+from lrcn.data.openvqa import read_answer_dict
 from lrcn.engine.checkpoint import Checkpoint, save_checkpoint
+from lrcn.engine.setup import build_word_vocab
 from lrcn.errors import LrcnError
 from lrcn.fileio import commit_folder
 from lrcn.models import create_model
@@ -185,6 +186,8 @@ def imported_config(model: str, state: Mapping[str, torch.Tensor],
         raise LrcnError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     cfg = load_config(MODELS[model])
     cfg.data.data_root = str(data_root)
+    # mcan-vqa's checkpoints name the image projection img_feat_linear; its vocabulary has no CLS
+    cfg.data.word_vocab = "mcan-vqa" if "img_feat_linear.weight" in state else "openvqa"
     m = cfg.model
     stated = {  # model field: (the checkpoint's value, the tensor that says it)
         "layers": (count_layers(state, "backbone.enc_list"), "backbone.enc_list blocks"),
@@ -225,8 +228,8 @@ def import_openvqa(checkpoint: str | Path, data_root: str | Path, answer_dict: s
     state = saved["state_dict"]
     lrcn_state = openvqa_to_lrcn(state)
     cfg = imported_config(model, state, data_root)
-    mcan_vqa = "img_feat_linear.weight" in state  # mcan-vqa's vocabulary has no CLS
-    word_vocab = openvqa_word_vocab(data_root, with_cls=not mcan_vqa)
+    mcan_vqa = cfg.data.word_vocab == "mcan-vqa"
+    word_vocab = build_word_vocab(cfg.data, None)
     answer_vocab = read_answer_dict(answer_dict)
     words, answers = state["embedding.weight"].shape[0], state["proj.weight"].shape[0]
     if len(word_vocab) != words:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lrcn.config import ModelConfig, RunConfig
+from lrcn.config import DataConfig, ModelConfig, RunConfig
 from lrcn.config.schedule import (
     describe_schedule, epochs_for_samples, image_passes_per_epoch, lr_per_epoch,
 )
@@ -28,6 +28,7 @@ from lrcn.data import AnswerVocab, WordVocab, check_images, load_split, training
 from lrcn.data.batches import EncodedSplit
 from lrcn.data.glove import cached_glove
 from lrcn.data.images import find_unreadable
+from lrcn.data.openvqa import openvqa_word_vocab
 from lrcn.data.pipeline import encode_for_model
 from lrcn.data.records import VQASplit
 from lrcn.engine import distributed
@@ -166,7 +167,7 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None,
                                        parts).records
         else:
             vocab_records = train_split.records
-        word_vocab = WordVocab.build([r.question for r in train_split.records], d.min_word_count)
+        word_vocab = build_word_vocab(d, train_split)
         answer_vocab = AnswerVocab.build(vocab_records, d.answer_min_count, d.answer_max_size)
         vocabs = d.answer_vocab_splits or d.train_split
     word_vectors = coverage = None
@@ -193,6 +194,19 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None,
              vocabs)
     return RunData(train_split, val_split, word_vocab, answer_vocab, word_vectors, model_cfg,
                    coverage, skipped)
+
+
+def build_word_vocab(d: DataConfig, train_split: VQASplit | None) -> WordVocab:
+    """The word vocabulary ``data.word_vocab`` names: the training questions' by default
+    (`train_split` is then needed), or openvqa's / mcan-vqa's (`lrcn.data.openvqa`)."""
+    if d.word_vocab == "train":
+        if train_split is None:
+            raise LrcnError("data.word_vocab train is built from the training split")
+        return WordVocab.build([r.question for r in train_split.records], d.min_word_count)
+    if not d.data_root:
+        raise LrcnError(f"data.word_vocab {d.word_vocab} is rebuilt from the VQA-v2 question "
+                        "files: set data.data_root (--data-root) to the folder holding them")
+    return openvqa_word_vocab(d.data_root, with_cls=d.word_vocab == "openvqa")
 
 
 def log_answer_coverage(split: VQASplit, answer_vocab: AnswerVocab, source: str) -> None:
