@@ -1,5 +1,5 @@
 """The ``lrcn`` commands (train, compare, sweep, evaluate, predict, score, serve, features,
-data, import) and ``main``, which runs one.
+data, import, export) and ``main``, which runs one.
 
 With ``--json`` the last line of stdout is one JSON object; everything else (logs, progress
 bars) goes to stderr. Errors print one message to stderr and exit non-zero, no traceback.
@@ -261,9 +261,15 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
     return run_import(args)
 
 
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from lrcn.cli.export import run_export
+    return run_export(args)
+
+
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "score": cmd_score, "features": cmd_features,
-            "serve": cmd_serve, "data": cmd_data, "sweep": cmd_sweep, "import": cmd_import}
+            "serve": cmd_serve, "data": cmd_data, "sweep": cmd_sweep, "import": cmd_import,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

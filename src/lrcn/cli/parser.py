@@ -197,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lrcn.cli.data import add_data_parser
     from lrcn.cli.features import add_features_parser
+    from lrcn.cli.export import add_export_parser
     from lrcn.cli.imports import add_import_parser
     add_features_parser(sub)
     add_data_parser(sub)
     add_import_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
