@@ -74,26 +74,34 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
-    """Read a checkpoint safely; a run folder resolves to its best checkpoint."""
-    path = resolve_checkpoint(path)
-    if not zipfile.is_zipfile(path):
-        raise LrcnError(f"{path} is not a PyTorch checkpoint file (truncated, or another format: "
-                        "old-style and plain pickles are never unpickled)")
+def read_torch_file(path: Path, map_location: str = "cpu", trust_pickle: bool = False,
+                    refusal_hint: str = "") -> Any:
+    """``torch.load`` of `path` with ``weights_only=True`` (unless `trust_pickle`), every way
+    of failing turned into an LrcnError naming the file; `refusal_hint` ends the message that
+    refuses a file needing arbitrary unpickling."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" ({found.group(1)})" if found else ""
         raise LrcnError(
             f"refusing to load {path}: it needs unpickling arbitrary objects{what}, "
-            "which could run code"
+            f"which could run code{refusal_hint}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LrcnError(
             f"cannot read checkpoint {path} (truncated or not a checkpoint?): {detail}"
         ) from None
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
+    """Read a checkpoint safely; a run folder resolves to its best checkpoint."""
+    path = resolve_checkpoint(path)
+    if not zipfile.is_zipfile(path):
+        raise LrcnError(f"{path} is not a PyTorch checkpoint file (truncated, or another format: "
+                        "old-style and plain pickles are never unpickled)")
+    payload = read_torch_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise LrcnError(f"{path} is not an lrcn checkpoint")
     if payload.get("version") != VERSION:

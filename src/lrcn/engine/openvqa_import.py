@@ -32,7 +32,6 @@ A tensor left over on either side is an error that names it.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 import shutil
 import tempfile
@@ -44,7 +43,9 @@ import torch
 
 from lrcn.config import RunConfig, load_config, save_config
 from lrcn.data.openvqa import read_answer_dict
-from lrcn.engine.checkpoint import Checkpoint, save_checkpoint
+from lrcn.engine.checkpoint import (
+    Checkpoint, read_torch_file, save_checkpoint, weight_mismatch,
+)
 from lrcn.engine.setup import build_word_vocab
 from lrcn.errors import LrcnError
 from lrcn.fileio import commit_folder
@@ -53,7 +54,13 @@ from lrcn.models import create_model
 log = logging.getLogger(__name__)
 
 MODELS = {"mcan_small": "mcan-small", "mcan_large": "mcan-large"}  # --model -> preset
-IMAGE_LINEARS = ("adapter.frcn_linear", "img_feat_linear")  # openvqa, mcan-vqa
+IMAGE_LINEARS = {"openvqa": "adapter.frcn_linear", "mcan-vqa": "img_feat_linear"}
+
+
+def code_base(state: Mapping[str, torch.Tensor]) -> str:
+    """Which code base saved `state`: mcan-vqa names its image projection img_feat_linear
+    (and builds its vocabulary without CLS), openvqa adapter.frcn_linear."""
+    return "mcan-vqa" if f"{IMAGE_LINEARS['mcan-vqa']}.weight" in state else "openvqa"
 
 
 def read_openvqa_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
@@ -62,17 +69,8 @@ def read_openvqa_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str,
     `trust_pickle`; the state dict loses any ``module.`` prefix (DataParallel)."""
     if not path.is_file():
         raise LrcnError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise LrcnError(f"refusing to load {path}: it needs unpickling arbitrary objects{what}, "
-                        "which could run code; if you trust the file, pass --trust-pickle"
-                        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LrcnError(f"cannot read {path} as a PyTorch checkpoint: {detail}") from None
+    payload = read_torch_file(path, trust_pickle=trust_pickle,
+                              refusal_hint="; if you trust the file, pass --trust-pickle")
     state = payload.get("state_dict", payload) if isinstance(payload, Mapping) else None
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
@@ -139,8 +137,7 @@ def openvqa_to_lrcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     m = _Mapper(state)
     m.put("embed", "embedding", params=("weight",))
     m.put("lstm", "lstm", params=("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"))
-    image_linear = next((n for n in IMAGE_LINEARS if f"{n}.weight" in state), IMAGE_LINEARS[0])
-    m.put("image_proj", image_linear)
+    m.put("image_proj", IMAGE_LINEARS[code_base(state)])
     for i in range(count_layers(state, "backbone.enc_list")):
         src, dst = f"backbone.enc_list.{i}", f"question_blocks.{i}"
         m.attention(f"{dst}.self_attn", f"{src}.mhatt", cross=False)
@@ -186,8 +183,7 @@ def imported_config(model: str, state: Mapping[str, torch.Tensor],
         raise LrcnError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     cfg = load_config(MODELS[model])
     cfg.data.data_root = str(data_root)
-    # mcan-vqa's checkpoints name the image projection img_feat_linear; its vocabulary has no CLS
-    cfg.data.word_vocab = "mcan-vqa" if "img_feat_linear.weight" in state else "openvqa"
+    cfg.data.word_vocab = code_base(state)  # the vocabulary rule of the code base
     m = cfg.model
     stated = {  # model field: (the checkpoint's value, the tensor that says it)
         "layers": (count_layers(state, "backbone.enc_list"), "backbone.enc_list blocks"),
@@ -207,9 +203,8 @@ def imported_config(model: str, state: Mapping[str, torch.Tensor],
     if glimpses != 1:
         raise LrcnError(f"the checkpoint pools with {glimpses} glimpses (FLAT_GLIMPSES); LRCN "
                         "pools with one")
-    image_linear = next(n for n in IMAGE_LINEARS if f"{n}.weight" in state)
     m.word_dim = state["embedding.weight"].shape[1]
-    m.feature_channels = state[f"{image_linear}.weight"].shape[1]
+    m.feature_channels = state[f"{IMAGE_LINEARS[code_base(state)]}.weight"].shape[1]
     return cfg
 
 
@@ -228,27 +223,21 @@ def import_openvqa(checkpoint: str | Path, data_root: str | Path, answer_dict: s
     state = saved["state_dict"]
     lrcn_state = openvqa_to_lrcn(state)
     cfg = imported_config(model, state, data_root)
-    mcan_vqa = cfg.data.word_vocab == "mcan-vqa"
+    source = cfg.data.word_vocab  # openvqa | mcan-vqa
     word_vocab = build_word_vocab(cfg.data, None)
     answer_vocab = read_answer_dict(answer_dict)
     words, answers = state["embedding.weight"].shape[0], state["proj.weight"].shape[0]
     if len(word_vocab) != words:
         raise LrcnError(f"the question files under {data_root} give {len(word_vocab)} words "
-                        f"(with {'PAD, UNK' if mcan_vqa else 'PAD, UNK, CLS'}), the checkpoint's "
+                        f"(with {'PAD, UNK' if source == 'mcan-vqa' else 'PAD, UNK, CLS'}), the checkpoint's "
                         f"embedding has {words}: the model was trained on other question files")
     if len(answer_vocab) != answers:
         raise LrcnError(f"{answer_dict} has {len(answer_vocab)} answers, the checkpoint's "
                         f"classifier (proj.weight) {answers}")
     net = create_model(cfg.model, len(word_vocab), len(answer_vocab))
-    expected = net.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (lrcn: {tuple(expected[k].shape)})"
-             for k, v in lrcn_state.items() if k in expected and v.shape != expected[k].shape]
-    missing = sorted(set(expected) - set(lrcn_state))
-    if wrong or missing:
-        raise LrcnError(f"{checkpoint}: tensors do not fit {model}: "
-                        + "; ".join(filter(None, (
-                            wrong and f"shapes {_names(wrong)}",
-                            missing and f"lrcn tensors without a source {_names(missing)}"))))
+    mismatch = weight_mismatch(net.state_dict(), lrcn_state)
+    if mismatch:
+        raise LrcnError(f"{checkpoint}: tensors do not fit {model}: {mismatch}")
     net.load_state_dict(lrcn_state)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -257,15 +246,14 @@ def import_openvqa(checkpoint: str | Path, data_root: str | Path, answer_dict: s
         epoch = saved["epoch"] if isinstance(saved["epoch"], int) and saved["epoch"] >= 0 else 0
         save_checkpoint(staging / "checkpoints" / "best.pt", Checkpoint(
             cfg, word_vocab, answer_vocab, net.state_dict(), epoch,
-            {"imported_from": str(checkpoint.resolve()), "source": "openvqa"
-             if not mcan_vqa else "mcan-vqa"}))
+            {"imported_from": str(checkpoint.resolve()), "source": source}))
         commit_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     parameters = sum(p.numel() for p in net.parameters())  # the word embedding included
     log.info("imported %s (%s, %d tensors) into %s: %d words, %d answers, %.2f M parameters",
-             checkpoint, "mcan-vqa" if mcan_vqa else "openvqa", len(state), out,
+             checkpoint, source, len(state), out,
              len(word_vocab), len(answer_vocab), parameters / 1e6)
     return {"run_dir": str(out), "vocab_size": len(word_vocab),
             "num_answers": len(answer_vocab), "parameters": parameters}
