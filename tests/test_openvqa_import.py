@@ -566,3 +566,14 @@ def test_training_can_use_openvqas_vocabulary(tmp_path: Path) -> None:
     bundled.data.word_vocab = "openvqa"
     with pytest.raises(LrcnError, match="data.word_vocab openvqa .* set data.data_root"):
         prepare_data(bundled)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, tiny_mcan: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    make_openvqa_data(tmp_path)
+    result = run_cli(capsys, "import", "openvqa", "--checkpoint", tmp_path / "answer_dict.json",
+                     "--data-root", tmp_path, "--answer-dict", tmp_path / "answer_dict.json",
+                     "--model", "mcan_small", "--out", tmp_path / "run")
+    assert_refused(result, "import", "answer_dict.json", "not a PyTorch checkpoint",
+                   absent=(tmp_path / "run",))
+    assert "--trust-pickle" not in result.err

@@ -83,7 +83,10 @@ def read_torch_file(path: Path, map_location: str = "cpu", trust_pickle: bool = 
         return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
+        if found is None:  # not a pickle at all (a JSON file, garbage): nothing to trust
+            raise LrcnError(f"cannot read {path}: not a PyTorch checkpoint "
+                            f"({str(exc).strip().splitlines()[0][:120]})") from None
+        what = f" ({found.group(1)})"
         raise LrcnError(
             f"refusing to load {path}: it needs unpickling arbitrary objects{what}, "
             f"which could run code{refusal_hint}"
