@@ -6,14 +6,19 @@ Starts the real server (``python -m lrcn serve``) on a free port of 127.0.0.1, w
 (non-images, truncated images, oversize bodies, pixel bombs, empty questions, missing
 fields, ...) until the good ones are done. Reports throughput, p50/p99 latency of the good
 requests, non-2xx among them (target 0), 5xx overall (target 0), malformed requests answered
-with a 4xx (target: all), whether /healthz still answers, and batch-1 latency of
-`predict_images` in-process. The last stdout line is one JSON object.
+with a 4xx (target: all), whether /healthz still answers, and batch-1 latency of the
+predictor in-process. The last stdout line is one JSON object.
+
+The checkpoint is a run folder or checkpoint file (PyTorch), or an ``.onnx`` file from
+``lrcn export --format onnx`` (ONNX Runtime): the same load test runs on either.
 
 Needs a trained checkpoint; one epoch of the default model on easy-VQA takes a few minutes:
 
     lrcn train --epochs 1 --out /tmp/serve-ckpt
     python benchmarks/serve_load.py --checkpoint /tmp/serve-ckpt [--requests 1000]
         [--clients 16] [--json]
+    lrcn export --checkpoint /tmp/serve-ckpt --format onnx --out /tmp/serve.onnx
+    python benchmarks/serve_load.py --checkpoint /tmp/serve.onnx
 """
 
 from __future__ import annotations
@@ -194,18 +199,19 @@ def run_load(base: str, samples: list[tuple[bytes, str]], clients: int,
 
 
 def batch1_latency(checkpoint: str, samples: list[tuple[bytes, str]], reps: int) -> dict:
-    """`predict_images` with one image, in-process: p50/p99 over `reps` calls."""
-    from lrcn.engine.inference import load_model, predict_images
+    """The predictor (PyTorch, or ONNX Runtime for a .onnx file) with one image, in-process:
+    p50/p99 over `reps` calls."""
+    from lrcn.engine.inference import load_predictor
 
-    loaded = load_model(checkpoint)
+    predictor = load_predictor(checkpoint)
     image, question = samples[0]
     pil = Image.open(io.BytesIO(image)).convert("RGB")
     for _ in range(20):  # warm-up
-        predict_images(loaded, [pil], [question])
+        predictor.predict([pil], [question])
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        predict_images(loaded, [pil], [question])
+        predictor.predict([pil], [question])
         times.append((time.perf_counter() - start) * 1000)
     return {"p50": round(float(np.percentile(times, 50)), 2),
             "p99": round(float(np.percentile(times, 99)), 2), "reps": reps}
@@ -213,7 +219,8 @@ def batch1_latency(checkpoint: str, samples: list[tuple[bytes, str]], reps: int)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run folder or checkpoint file, or an exported .onnx file")
     parser.add_argument("--requests", type=int, default=1000, help="good requests to send")
     parser.add_argument("--clients", type=int, default=16, help="concurrent good clients")
     parser.add_argument("--max-upload-mb", type=float, default=2.0,
@@ -258,8 +265,9 @@ def main() -> int:
             health = httpx.get(f"{base}/healthz", timeout=10)
             healthy = health.status_code == 200 and health.json()["status"] == "ok"
             batching = health.json().get("batching") if healthy else None
+            runtime = health.json().get("runtime") if healthy else None
         except httpx.HTTPError:
-            healthy, batching = False, None
+            healthy, batching, runtime = False, None, None
     finally:
         server.terminate()
         try:
@@ -267,6 +275,8 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     result = {
+        "checkpoint": args.checkpoint,
+        "runtime": runtime,
         "requests": args.requests,
         "clients": args.clients,
         "cpu_threads": os.cpu_count(),

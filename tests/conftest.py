@@ -7,23 +7,28 @@ The layout follows the published files exactly (the same schema ``test_readers.p
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 from PIL import Image
 
 from lrcn.cli import main
-from lrcn.config import ModelConfig
+from lrcn.config import ModelConfig, config_to_dict
 from lrcn.errors import LrcnError
+
+if TYPE_CHECKING:
+    from lrcn.engine.checkpoint import Checkpoint
 
 # The models of the tests are tiny: a second thread buys nothing and, on a busy machine,
 # oversubscribed cores make every step many times slower.
@@ -216,6 +221,62 @@ def trained_run(out: Path, *argv: object) -> Path:
     result = run_cli_uncaptured("train", "--out", out, *argv)
     assert result.code == 0, result.err
     return out
+
+
+def legacy_payload(ckpt: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as the one ``torch.save`` payload earlier versions of lrcn wrote as
+    ``checkpoints/best.pt`` and ``last.pt`` (their ``save_checkpoint``)."""
+    from lrcn.engine.checkpoint import FORMAT, LEGACY_VERSION
+
+    payload = {"format": FORMAT, "version": LEGACY_VERSION, "config": config_to_dict(ckpt.config),
+               "word_vocab": ckpt.word_vocab.to_dict(),
+               "answer_vocab": ckpt.answer_vocab.to_dict(), "model": ckpt.model_state,
+               "epoch": ckpt.epoch, "metrics": ckpt.metrics}
+    if ckpt.optimizer_state is not None:
+        payload["optimizer"] = ckpt.optimizer_state
+    if ckpt.progress is not None:
+        payload["progress"] = ckpt.progress
+    return payload
+
+
+def tiny_checkpoint(epoch: int = 3, **model: Any) -> Checkpoint:
+    """A checkpoint of a tiny LRCN (small CNN on 32x32 pixels, `model` fields on top) with
+    seeded random weights, five words and four answers; no optimiser state."""
+    from lrcn.config import RunConfig
+    from lrcn.data import AnswerVocab, WordVocab
+    from lrcn.engine.checkpoint import Checkpoint
+    from lrcn.models import create_model
+
+    sizes = dict(d_model=16, heads=2, ffn_dim=32, layers=1, word_dim=16, pool_hidden=16,
+                 fused_dim=32, encoder_channels=16)
+    cfg = RunConfig(model=ModelConfig(**{**sizes, **model}))
+    cfg.data.image_size = 32
+    words = WordVocab(["what", "color", "is", "the", "shape"])
+    answers = AnswerVocab(["red", "blue", "yes", "no"])
+    torch.manual_seed(0)
+    net = create_model(dataclasses.replace(cfg.model, encoder_weights=None), len(words),
+                       len(answers), random_weights=True)  # a trunk's weights: random
+    return Checkpoint(cfg, words, answers, net.state_dict(), epoch,
+                      {"epoch": epoch, "val": {"overall": 12.5}})
+
+
+def write_legacy_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
+    """`ckpt` as a ``.pt`` file of an earlier version at `path`."""
+    torch.save(legacy_payload(ckpt), path)
+    return path
+
+
+def make_legacy_run(run: Path) -> Path:
+    """Turn the checkpoint folders of `run` into the best.pt and last.pt an earlier version
+    would have written; the run."""
+    from lrcn.engine.checkpoint import load_checkpoint
+
+    for name in ("best", "last"):
+        folder = run / "checkpoints" / name
+        if folder.is_dir():
+            write_legacy_checkpoint(folder.with_name(f"{name}.pt"), load_checkpoint(folder))
+            shutil.rmtree(folder)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from conftest import (
     TRAIN_IMAGES,
     Result,
     annotations_json,
+    legacy_payload,
     make_vqa2_layout,
     raises_naming,
     run_cli,
@@ -31,6 +32,7 @@ from conftest import (
     write_json,
 )
 from lrcn.data.images import load_image
+from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.features import import_features
 from conftest import assert_refused, encode, png_with_header
 from vizwiz_layout import make_vizwiz_layout
@@ -306,7 +308,8 @@ def test_glove_line_with_wrong_field_count(tmp_path: Path,
 # --------------------------------------------------------------------------- checkpoints
 
 def edited_checkpoint(run: Path, dest: Path, change: Callable[[dict], None]) -> Path:
-    payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    """The run's best checkpoint as a .pt file of an earlier version, edited by `change`."""
+    payload = legacy_payload(load_checkpoint(run))
     change(payload)
     torch.save(payload, dest)
     return dest
@@ -367,7 +370,7 @@ class WritesMarker:
 
 
 def _lrcn_payload(run: Path, extra: Any) -> dict[str, Any]:
-    payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    payload = legacy_payload(load_checkpoint(run))
     return {**payload, "metrics": {"note": extra}}
 
 

@@ -6,6 +6,7 @@ console script in a subprocess for the real exit codes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from conftest import (
     Result,
     VQA2Layout,
     assert_one_line_error,
+    legacy_payload,
     make_vqa2_layout,
     run_cli,
     run_cli_uncaptured,
@@ -30,6 +32,12 @@ from lrcn.config import load_config
 from lrcn.engine.checkpoint import load_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def torch_save_bytes(payload: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def vqa2_train_args(layout: VQA2Layout, out: Path, *extra: str) -> list[str]:
@@ -77,7 +85,7 @@ def test_train_vqa2_run_folder(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2L
 
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoints", "config.yaml", "curves.png", "metrics.jsonl", "tb"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "last"]
 
     cfg = load_config(str(run / "config.yaml"))
     assert cfg.data.dataset == "vqa2" and cfg.data.train_split == "train2014"
@@ -97,8 +105,8 @@ def test_train_vqa2_run_folder(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2L
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(png) as image:
         image.verify()
-    assert load_checkpoint(run / "checkpoints" / "last.pt").epoch == 1
-    assert load_checkpoint(run).epoch == best["epoch"]  # the folder means best.pt
+    assert load_checkpoint(run / "checkpoints" / "last").epoch == 1
+    assert load_checkpoint(run).epoch == best["epoch"]  # the run folder means its best
 
 
 def test_evaluate_val_then_score(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout,
@@ -111,7 +119,7 @@ def test_evaluate_val_then_score(vqa2_run: tuple[Result, Path], vqa2_layout: VQA
     assert ev.code == 0, ev.err
     summary = ev.json
     assert summary["results"] == str(results) and summary["split"] == "val2014"
-    assert summary["checkpoint"] == str(run / "checkpoints" / "best.pt")
+    assert summary["checkpoint"] == str(run / "checkpoints" / "best")
     # The best checkpoint scores on val exactly what training reported for it.
     assert summary["overall"] == pytest.approx(trained.json["overall"], abs=1e-9)
     assert summary["per_answer_type"] == pytest.approx(trained.json["per_answer_type"], abs=1e-9)
@@ -140,7 +148,7 @@ def test_evaluate_test_split_writes_results_without_accuracy(
         capsys: pytest.CaptureFixture[str]) -> None:
     _, run = vqa2_run
     # No --data-root: the checkpoint's own data root is used; no --results: the default path.
-    ev = run_cli(capsys, "evaluate", "--checkpoint", run / "checkpoints" / "last.pt",
+    ev = run_cli(capsys, "evaluate", "--checkpoint", run / "checkpoints" / "last",
                  "--split", "test2015", "--json")
     assert ev.code == 0, ev.err
     summary = ev.json
@@ -257,10 +265,10 @@ def test_train_errors(vqa2_run: tuple[Result, Path], vqa2_layout: VQA2Layout, tm
         assert not (tmp_path / "run").exists()  # nothing half-written
     # An existing run is never overwritten.
     _, run = vqa2_run
-    before = (run / "checkpoints" / "last.pt").read_bytes()
+    before = (run / "checkpoints" / "last" / "model.safetensors").read_bytes()
     assert_one_line_error(run_cli(capsys, "train", "--out", run, *tiny_set_args()), "train",
                           "already holds a training run")
-    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert (run / "checkpoints" / "last" / "model.safetensors").read_bytes() == before
 
 
 def test_images_decoded_per_batch_fail_early_and_plainly(
@@ -298,7 +306,7 @@ def test_evaluate_and_predict_errors(vqa2_run: tuple[Result, Path], vqa2_layout:
     _, run = vqa2_run
     missing = tmp_path / "missing.pt"
     truncated = tmp_path / "truncated.pt"
-    data = (run / "checkpoints" / "best.pt").read_bytes()
+    data = torch_save_bytes(legacy_payload(load_checkpoint(run)))
     truncated.write_bytes(data[: len(data) // 3])
     image = vqa2_layout.root / "val2014" / "COCO_val2014_000000000011.jpg"
     cases = [
@@ -307,7 +315,10 @@ def test_evaluate_and_predict_errors(vqa2_run: tuple[Result, Path], vqa2_layout:
         ("evaluate", ["--checkpoint", truncated, "--split", "val2014"],
          ["not a PyTorch checkpoint file", str(truncated)]),
         ("evaluate", ["--checkpoint", tmp_path, "--split", "val2014"],
-         ["no checkpoints/best.pt or checkpoints/last.pt"]),
+         [f"no checkpoint in {tmp_path}", "checkpoints/best or checkpoints/last"]),
+        ("evaluate", ["--checkpoint", run / "checkpoints" / "best.pt", "--split", "val2014"],
+         ["checkpoint not found", "checkpoints are folders now",
+          str(run / "checkpoints" / "best")]),
         ("evaluate", ["--checkpoint", run, "--dataset", "coco", "--split", "val"],
          ["unknown dataset 'coco'"]),
         ("evaluate", ["--checkpoint", run, "--split", "val2017"], ["VQA-v2 has no split 'val2017'"]),

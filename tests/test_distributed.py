@@ -141,8 +141,8 @@ def test_two_processes_train_as_one(easyvqa_store: Path, tmp_path: Path,
     assert [e["train_loss"] for e in ddp_epochs] == pytest.approx(
         [e["train_loss"] for e in one_epochs], rel=1e-4)
     assert [e["val"] for e in ddp_epochs] == [e["val"] for e in one_epochs]
-    ddp_state = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt").model_state
-    one_state = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt").model_state
+    ddp_state = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last").model_state
+    one_state = load_checkpoint(tmp_path / "one" / "checkpoints" / "last").model_state
     assert ddp_state.keys() == one_state.keys()  # no "module." prefix
     for key in one_state:
         torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-4, atol=1e-4, msg=key)
@@ -190,8 +190,8 @@ def test_processes_skip_non_finite_steps_together_and_resume(
     assert summary_of(ddp)["skipped_steps"] == sum(skipped)
     assert [e["train_loss"] for e in ddp_epochs] == pytest.approx(
         [e["train_loss"] for e in one_epochs], rel=1e-4)
-    ddp_last = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
-    one_last = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+    ddp_last = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last")
+    one_last = load_checkpoint(tmp_path / "one" / "checkpoints" / "last")
     assert len(ddp_last.progress["rng"]) == 2  # each process's random state
     for key, value in one_last.model_state.items():
         assert torch.isfinite(ddp_last.model_state[key]).all(), key
@@ -209,8 +209,10 @@ def test_only_rank_0_writes(tmp_path: Path) -> None:
     summary = summary_of(ddp)
     assert summary["run_dir"] == str(Path("runs") / run.name)
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
-    assert files[:-1] == ["checkpoints/best.pt", "checkpoints/last.pt", "config.yaml",
-                          "curves.png", "metrics.jsonl"]
+    checkpoint = ["answer_vocab.json", "config.json", "model.safetensors", "word_vocab.json"]
+    assert files[:-1] == [*(f"checkpoints/best/{f}" for f in checkpoint),
+                          *(f"checkpoints/last/{f}" for f in sorted([*checkpoint, "resume.pt"])),
+                          "config.yaml", "curves.png", "metrics.jsonl"]
     assert files[-1].startswith("tb/events.out.tfevents.")  # one event file: rank 0's
     epochs = read_metrics(run)
     assert [e["epoch"] for e in epochs] == [0, 1]

@@ -11,7 +11,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_SET, VQA2Layout, read_metrics, run_cli, tiny_set_args
+from conftest import (
+    TINY_SET, VQA2Layout, legacy_payload, read_metrics, run_cli, tiny_set_args,
+    write_legacy_checkpoint,
+)
 from lrcn.cli import build_parser, train_config
 from lrcn.config import (
     DataConfig,
@@ -19,7 +22,6 @@ from lrcn.config import (
     RunConfig,
     TrainConfig,
     config_from_dict,
-    config_to_dict,
     load_config,
     preset_names,
     save_config,
@@ -27,10 +29,7 @@ from lrcn.config import (
 from lrcn.data.answers import AnswerVocab
 from lrcn.data.text import WordVocab
 from lrcn.engine.checkpoint import (
-    FORMAT,
-    VERSION,
     Checkpoint,
-    atomic_write,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -39,7 +38,7 @@ from lrcn.engine.inference import load_model
 from lrcn.config.schedule import lr_factor
 from lrcn.engine.trainer import train
 from lrcn.errors import LrcnError
-from lrcn.fileio import remove_unfinished_writes
+from lrcn.fileio import atomic_write, remove_unfinished_writes
 from lrcn.models import create_model
 
 
@@ -181,9 +180,9 @@ def _checkpoint(epoch: int = 3) -> Checkpoint:
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     ckpt = _checkpoint()
     ckpt.optimizer_state = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
-    path = tmp_path / "checkpoints" / "last.pt"
+    path = tmp_path / "checkpoints" / "last"
     save_checkpoint(path, ckpt)
-    assert sorted(os.listdir(path.parent)) == ["last.pt"]  # no temporary file left behind
+    assert sorted(os.listdir(path.parent)) == ["last"]  # no staging folder left behind
     back = load_checkpoint(path)
     assert back.config == ckpt.config
     assert back.word_vocab == ckpt.word_vocab and back.answer_vocab == ckpt.answer_vocab
@@ -201,16 +200,26 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_resolve_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(LrcnError, match="no checkpoints/best.pt or checkpoints/last.pt"):
+    """A run folder means its best checkpoint, else its last, folders before the .pt files of
+    earlier versions; a checkpoint folder or file means itself."""
+    with pytest.raises(LrcnError, match="no checkpoint in .*checkpoints/best or checkpoints/last"):
         resolve_checkpoint(tmp_path)
     with pytest.raises(LrcnError, match="checkpoint not found"):
         resolve_checkpoint(tmp_path / "nope.pt")
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.pt"
-    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"x")
-    assert resolve_checkpoint(str(tmp_path)) == tmp_path / "checkpoints" / "best.pt"
-    assert resolve_checkpoint(tmp_path / "checkpoints" / "last.pt").name == "last.pt"
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.pt").write_bytes(b"x")
+    assert resolve_checkpoint(tmp_path) == checkpoints / "last.pt"
+    (checkpoints / "last").mkdir()
+    (checkpoints / "last" / "config.json").write_text("{}")
+    assert resolve_checkpoint(tmp_path) == checkpoints / "last"
+    (checkpoints / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(str(tmp_path)) == checkpoints / "best.pt"
+    (checkpoints / "best").mkdir()
+    (checkpoints / "best" / "model.safetensors").write_bytes(b"x")
+    assert resolve_checkpoint(str(tmp_path)) == checkpoints / "best"
+    assert resolve_checkpoint(checkpoints / "last.pt").name == "last.pt"
+    assert resolve_checkpoint(checkpoints / "last") == checkpoints / "last"
 
 
 UNPICKLED: list[str] = []
@@ -231,11 +240,7 @@ class Payload:
 def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path) -> None:
     ckpt = _checkpoint()
     path = tmp_path / "evil.pt"
-    payload = {"format": FORMAT, "version": VERSION, "config": config_to_dict(ckpt.config),
-               "word_vocab": ckpt.word_vocab.to_dict(),
-               "answer_vocab": ckpt.answer_vocab.to_dict(),
-               "model": ckpt.model_state, "epoch": 0, "metrics": {"x": Payload()}}
-    torch.save(payload, path)
+    torch.save({**legacy_payload(ckpt), "epoch": 0, "metrics": {"x": Payload()}}, path)
     UNPICKLED.clear()
     with pytest.raises(LrcnError, match="refusing to load") as info:
         load_checkpoint(path)
@@ -246,8 +251,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path) -> None:
 
 
 def test_truncated_or_foreign_checkpoint(tmp_path: Path) -> None:
-    good = tmp_path / "good.pt"
-    save_checkpoint(good, _checkpoint())
+    good = write_legacy_checkpoint(tmp_path / "good.pt", _checkpoint())
     data = good.read_bytes()
     for name, content in [("half.pt", data[: len(data) // 2]), ("head.pt", data[:100]),
                           ("empty.pt", b"")]:
@@ -277,9 +281,10 @@ def test_truncated_or_foreign_checkpoint(tmp_path: Path) -> None:
 def test_checkpoint_not_matching_its_config(tmp_path: Path) -> None:
     ckpt = _checkpoint()
     ckpt.config.model.d_model = 32  # the weights are for d_model 16
-    save_checkpoint(tmp_path / "x.pt", ckpt)
-    with pytest.raises(LrcnError, match="does not match the model its config describes"):
-        load_model(tmp_path / "x.pt")
+    save_checkpoint(tmp_path / "x", ckpt)
+    with pytest.raises(LrcnError, match="x/model.safetensors does not match the model its "
+                                        "config describes"):
+        load_model(tmp_path / "x")
 
 
 def test_atomic_write(tmp_path: Path) -> None:
@@ -330,9 +335,10 @@ def test_every_file_of_a_run_is_group_readable(tmp_path: Path, capsys, vqa2_layo
         os.umask(old)
     files = [p for p in run.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"config.yaml", "metrics.jsonl", "best.pt", "last.pt", "curves.png"} <= names, names
-    assert len(files) > len(names & {"config.yaml", "metrics.jsonl", "best.pt", "last.pt",
-                                     "curves.png"})  # evaluation's results beside them
+    written = {"config.yaml", "metrics.jsonl", "model.safetensors", "config.json",
+               "word_vocab.json", "answer_vocab.json", "resume.pt", "curves.png"}
+    assert written <= names, names
+    assert len(files) > len(names & written)  # evaluation's results beside them
     modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
 
@@ -363,7 +369,7 @@ def _tiny_run_config(layout: VQA2Layout, seed: int, epochs: int = 2) -> RunConfi
         *[arg for item in TINY_SET for arg in ("--set", item)])
 
 
-def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+def _weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / name).model_state
 
 
@@ -392,8 +398,8 @@ def test_training_is_reproducible(vqa2_layout: VQA2Layout, tmp_path: Path) -> No
                          cfg.train.decay_rate) for e in range(2)]
     assert [m["lr"] for m in a] == pytest.approx([cfg.train.lr * f for f in factors])
 
-    last = load_checkpoint(runs["a"] / "checkpoints" / "last.pt")
-    best = load_checkpoint(runs["a"] / "checkpoints" / "best.pt")
+    last = load_checkpoint(runs["a"] / "checkpoints" / "last")
+    best = load_checkpoint(runs["a"] / "checkpoints" / "best")
     assert last.epoch == 1 and last.optimizer_state is not None
     assert best.optimizer_state is None and best.metrics == a[best.epoch]
 

@@ -70,7 +70,7 @@ def test_init_rescales_the_source_schedule_as_a_preset_is(source: Path,
     ckpt = load_checkpoint(source)
     t = ckpt.config.train
     t.epochs, t.warmup_epochs, t.decay_epochs = 13, 3, [10, 12]  # the paper's (MCAN's)
-    path = tmp_path / "paper.pt"
+    path = tmp_path / "paper"
     save_checkpoint(path, ckpt)
 
     cfg = cli_config("--init", path, "--epochs", "2")
@@ -141,7 +141,7 @@ def test_init_on_other_data_keeps_the_source_vocabularies(source: Path, tmp_path
 ])
 def test_tensors_that_do_not_match_are_named(source: Path, tmp_path: Path, argv: list[str],
                                              fragments: list[str]) -> None:
-    path = resolve_checkpoint(source)
+    path = resolve_checkpoint(source) / "model.safetensors"  # the weights file is named
     with pytest.raises(LrcnError) as info:
         setup_run(cli_config("--init", source, *argv), tmp_path / "run")
     message = str(info.value)
@@ -173,7 +173,7 @@ def test_cli_init_trains_and_resumes(source: Path, tmp_path: Path,
                                      caplog: pytest.LogCaptureFixture) -> None:
     """``lrcn train --init SRC --lrm sa``: a run from epoch 0 at the schedule's first lr whose
     config.yaml and checkpoints record train.init; resumed, it needs no source any more (its
-    last.pt has the weights and vocabularies)."""
+    last checkpoint has the weights and vocabularies)."""
     copy = tmp_path / "mcan"
     shutil.copytree(source, copy)
     out = tmp_path / "lrcn-ed"
@@ -190,17 +190,17 @@ def test_cli_init_trains_and_resumes(source: Path, tmp_path: Path,
     loaded = load_model(out)  # the checkpoint rebuilds its model
     assert loaded.checkpoint.config.train.init == str(copy)
     assert loaded.word_vocab == load_checkpoint(copy).word_vocab
-    first = load_checkpoint(out / "checkpoints" / "last.pt")
+    first = load_checkpoint(out / "checkpoints" / "last")
     assert first.optimizer_state is not None
 
-    shutil.rmtree(copy)  # the resumed run reads its own last.pt, not the source
+    shutil.rmtree(copy)  # the resumed run reads its own last checkpoint, not the source
     caplog.clear()
     with caplog.at_level("INFO", logger="lrcn.engine.setup"):
         result = run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--json")
     assert result.code == 0, result.err
     assert "initialised from" not in caplog.text
     assert [m["epoch"] for m in read_metrics(out)] == [0, 1]
-    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    last = load_checkpoint(out / "checkpoints" / "last")
     assert last.epoch == 1 and last.config.train.init == str(copy)
     assert last.word_vocab == first.word_vocab and last.answer_vocab == first.answer_vocab
 

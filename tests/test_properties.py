@@ -29,7 +29,7 @@ from lrcn.data.records import VQARecord
 from lrcn.data.text import PAD_INDEX, UNK_INDEX, WordVocab, tokenize
 from lrcn.data.vizwiz import read_vizwiz_file
 from lrcn.data.vqa2 import read_annotations_file, read_questions_file, read_vqa2
-from lrcn.engine.checkpoint import FORMAT, VERSION, load_checkpoint
+from lrcn.engine.checkpoint import FORMAT, LEGACY_VERSION, load_checkpoint
 from lrcn.errors import LrcnError
 from lrcn.evaluation.score import read_results
 from lrcn.evaluation.vizwiz import (
@@ -357,7 +357,7 @@ def test_feature_store_meta_and_keys_open_or_name_the_file(work: Path, meta: Any
 
 
 def _payload() -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "config": {"model": {"d_model": 16}},
+    return {"format": FORMAT, "version": LEGACY_VERSION, "config": {"model": {"d_model": 16}},
             "word_vocab": WordVocab(["a"]).to_dict(), "answer_vocab": AnswerVocab(["b"]).to_dict(),
             "model": {"w": torch.zeros(2)}, "epoch": 0, "metrics": {}}
 

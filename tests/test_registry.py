@@ -111,7 +111,7 @@ def test_a_new_model_file_is_all_the_cli_needs(new_model: str, tmp_path: Path,
     assert result.code == 0, result.err
     summary = result.json
     assert summary["epochs"] == 1 and 0.0 <= summary["overall"] <= 100.0  # trained, evaluated
-    checkpoint = load_checkpoint(out / "checkpoints" / "best.pt")
+    checkpoint = load_checkpoint(out / "checkpoints" / "best")
     assert checkpoint.config.model.arch == new_model
     assert any(key.startswith("net.embed") for key in checkpoint.model_state)
 

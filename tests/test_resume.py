@@ -5,7 +5,6 @@ stop the run with a checkpoint."""
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import shutil
@@ -23,9 +22,10 @@ from conftest import Result, read_metrics, run_cli, tiny_set_args, trained_run
 from lrcn.engine import step
 from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
 from conftest import assert_one_line_error
+from lrcn.fileio import current_folder
 
 # The tiny model with dropout (whose random state a resumed run must restore), 50 steps an
-# epoch, last.pt every 5 steps.
+# epoch, the last checkpoint every 5 steps.
 RUN = [*tiny_set_args(), "--set", "model.dropout=0.1", "--set", "data.train_limit=400",
        "--set", "data.val_limit=50", "--batch-size", "8", "--epochs", "2",
        "--set", "train.checkpoint_every=5", "--json"]
@@ -45,17 +45,14 @@ def start_training(out: Path) -> subprocess.Popen:
 
 
 def progress_of(run: Path) -> dict[str, Any] | None:
-    """The progress saved in last.pt, or None before the first save. The file is read once:
-    it is replaced by an atomic rename, so one open sees one whole version."""
-    try:
-        data = (run / "checkpoints" / "last.pt").read_bytes()
-    except FileNotFoundError:
-        return None
-    return torch.load(io.BytesIO(data), weights_only=True)["progress"]
+    """The progress saved in the last checkpoint, or None before the first save. The folder
+    is swapped in whole while training writes it; load_checkpoint reads one version of it."""
+    last = run / "checkpoints" / "last"
+    return None if current_folder(last) is None else load_checkpoint(last).progress
 
 
 def wait_for_step(proc: subprocess.Popen, run: Path, epoch: int, timeout: float = 60) -> dict:
-    """Poll last.pt until it holds a mid-epoch step of `epoch`."""
+    """Poll the last checkpoint until it holds a mid-epoch step of `epoch`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         progress = progress_of(run)
@@ -67,6 +64,11 @@ def wait_for_step(proc: subprocess.Popen, run: Path, epoch: int, timeout: float 
         time.sleep(0.01)
     proc.kill()
     pytest.fail(f"no mid-epoch checkpoint of epoch {epoch + 1} in {timeout} s")
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder by name, for comparing versions of a checkpoint."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def resume(capsys: pytest.CaptureFixture[str], run: Path, *extra: str) -> Result:
@@ -83,17 +85,19 @@ def without_timings(run: Path) -> list[dict]:
 def assert_same_run(run: Path, reference: Path) -> None:
     """The same final weights (last and best), Adam state, random state and metrics."""
     assert without_timings(run) == without_timings(reference)
-    for name in ("last.pt", "best.pt"):
-        a, b = (torch.load(r / "checkpoints" / name, weights_only=True) for r in (run, reference))
-        assert a["epoch"] == b["epoch"] and a["model"].keys() == b["model"].keys()
-        for key in a["model"]:
-            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
-    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (run, reference))
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-    for index, state in a["optimizer"]["state"].items():
+    for name in ("last", "best"):
+        a, b = (load_checkpoint(r / "checkpoints" / name) for r in (run, reference))
+        assert a.epoch == b.epoch and a.model_state.keys() == b.model_state.keys()
+        for key in a.model_state:
+            torch.testing.assert_close(a.model_state[key], b.model_state[key], rtol=0, atol=0,
+                                       msg=key)
+    a, b = (load_checkpoint(r / "checkpoints" / "last") for r in (run, reference))
+    assert a.optimizer_state["state"].keys() == b.optimizer_state["state"].keys()
+    for index, state in a.optimizer_state["state"].items():
         for key, value in state.items():
-            torch.testing.assert_close(value, b["optimizer"]["state"][index][key], rtol=0, atol=0)
-    assert torch.equal(a["progress"]["rng"][0]["torch"], b["progress"]["rng"][0]["torch"])
+            torch.testing.assert_close(value, b.optimizer_state["state"][index][key], rtol=0,
+                                       atol=0)
+    assert torch.equal(a.progress["rng"][0]["torch"], b.progress["rng"][0]["torch"])
 
 
 def test_killed_run_resumes_exactly(whole_run: Path, tmp_path: Path,
@@ -106,12 +110,14 @@ def test_killed_run_resumes_exactly(whole_run: Path, tmp_path: Path,
     proc.communicate()
     saved = progress_of(run)
     assert saved["epoch"] == 1 and 0 < saved["step"] < 50 and len(saved["history"]) == 1
-    # last.pt was read whole above; a write the kill interrupted is a temporary file, which
-    # the resumed run removes (made here, in case the kill landed between writes)
-    (run / "checkpoints" / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    # the last checkpoint was read whole above; a write the kill interrupted is a staging
+    # folder, which the resumed run removes (made here, in case the kill landed between writes)
+    staging = run / "checkpoints" / ".last.k1ll3d.tmp"
+    staging.mkdir(exist_ok=True)
+    (staging / "model.safetensors").write_bytes(b"half a checkpoint")
 
     summary = resume(capsys, run).json
-    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".old"))]
     assert_same_run(run, whole_run)
     whole = read_metrics(whole_run)[-1]
     assert summary["overall"] == max(m["val"]["overall"] for m in without_timings(whole_run))
@@ -121,8 +127,8 @@ def test_killed_run_resumes_exactly(whole_run: Path, tmp_path: Path,
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_saves_and_the_run_resumes_exactly(whole_run: Path, tmp_path: Path, sig: int,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """SIGINT (or a scheduler's SIGTERM) in the first epoch: last.pt at the current step, one
-    line, exit 130."""
+    """SIGINT (or a scheduler's SIGTERM) in the first epoch: the last checkpoint at the
+    current step, one line, exit 130."""
     run = tmp_path / "interrupted"
     proc = start_training(run)
     seen = wait_for_step(proc, run, epoch=0)
@@ -133,7 +139,7 @@ def test_ctrl_c_saves_and_the_run_resumes_exactly(whole_run: Path, tmp_path: Pat
     saved = progress_of(run)
     assert saved["epoch"] == 0 and seen["step"] <= saved["step"] < 50
     last = err.strip().splitlines()[-1]
-    assert last == (f"lrcn train: interrupted: saved {run / 'checkpoints' / 'last.pt'} at epoch "
+    assert last == (f"lrcn train: interrupted: saved {run / 'checkpoints' / 'last'} at epoch "
                     f"1/2, step {saved['step']}; continue with: lrcn train --resume {run}")
 
     resume(capsys, run)
@@ -143,39 +149,40 @@ def test_ctrl_c_saves_and_the_run_resumes_exactly(whole_run: Path, tmp_path: Pat
 def test_resuming_a_finished_run(whole_run: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The same epochs: nothing to do. More epochs: they follow. Another setting: refused."""
-    before = (whole_run / "checkpoints" / "last.pt").read_bytes()
+    before = folder_bytes(whole_run / "checkpoints" / "last")
     summary = resume(capsys, whole_run).json
     assert summary["best_epoch"] == 2 and summary["epochs"] == 2
-    assert (whole_run / "checkpoints" / "last.pt").read_bytes() == before
+    assert folder_bytes(whole_run / "checkpoints" / "last") == before
 
     result = run_cli(capsys, "train", "--resume", whole_run, "--lr", "0.1")
     assert_one_line_error(result, "train", f"cannot resume {whole_run} with train.lr = 0.1",
                           "trained with 0.0003")
     result = run_cli(capsys, "train", "--resume", whole_run, "--epochs", "1")
     assert_one_line_error(result, "train", "train.epochs = 1", "trained 2 epoch(s)")
-    assert (whole_run / "checkpoints" / "last.pt").read_bytes() == before
+    assert folder_bytes(whole_run / "checkpoints" / "last") == before
 
     longer = tmp_path / "longer"
     shutil.copytree(whole_run, longer)
     resume(capsys, longer, "--epochs", "3", "--set", "train.checkpoint_every=0")
     metrics = without_timings(longer)
     assert [m["epoch"] for m in metrics] == [0, 1, 2] and metrics[:2] == without_timings(whole_run)
-    assert load_checkpoint(longer / "checkpoints" / "last.pt").config.train.epochs == 3
+    assert load_checkpoint(longer / "checkpoints" / "last").config.train.epochs == 3
 
 
 def test_resuming_weights_that_do_not_fit_is_refused(whole_run: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """A last.pt whose weights do not fit the model (another lrcn wrote it, or it was edited):
-    an error naming the file and the parameter, not torch's traceback."""
+    """A last checkpoint whose weights do not fit the model (another lrcn wrote it, or it was
+    edited): an error naming the file and the parameter, not torch's traceback."""
     run = tmp_path / "edited"
     shutil.copytree(whole_run, run)
-    path = run / "checkpoints" / "last.pt"
+    path = run / "checkpoints" / "last"
     ckpt = load_checkpoint(path)
     name = next(iter(ckpt.model_state))
     ckpt.model_state[name] = torch.zeros(3, 3)
     save_checkpoint(path, ckpt)
     result = run_cli(capsys, "train", "--resume", run, "--epochs", "3")
-    assert_one_line_error(result, "train", f"checkpoint {path} does not match the model", name)
+    assert_one_line_error(result, "train",
+                          f"checkpoint {path / 'model.safetensors'} does not match the model", name)
 
 
 # --------------------------------------------------------------------------- non-finite losses
@@ -213,7 +220,7 @@ def test_non_finite_steps_are_skipped(how: str, extra: list[str], tmp_path: Path
     assert result.json["skipped_steps"] == 2
     (metrics,) = without_timings(tmp_path / "run")
     assert metrics["skipped_steps"] == 2 and math.isfinite(metrics["train_loss"])
-    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
     assert all(torch.isfinite(v).all() for v in last.model_state.values())
     # Adam stepped 6 times of 8: no moment or step count saw the skipped ones.
     assert {int(s["step"]) for s in last.optimizer_state["state"].values()} == {6}
@@ -226,8 +233,8 @@ def test_too_many_non_finite_steps_stop_the_run(tmp_path: Path, monkeypatch: pyt
     result = run_cli(capsys, "train", "--out", run, *SHORT, "--set", "train.max_bad_steps=3")
     assert result.code == 2
     assert_one_line_error(result, "train", "3 optimizer steps in a row had a non-finite loss",
-                          "epoch 1/1, step 3", f"{run / 'checkpoints' / 'last.pt'} holds the "
+                          "epoch 1/1, step 3", f"{run / 'checkpoints' / 'last'} holds the "
                           "weights from before them")
-    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    last = load_checkpoint(run / "checkpoints" / "last")
     assert last.progress["step"] == 3 and last.progress["bad_in_a_row"] == 3
     assert last.optimizer_state["state"] == {}  # not one step taken

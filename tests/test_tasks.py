@@ -129,7 +129,7 @@ def test_train_both_tasks_on_vizwiz_then_write_both_submissions(
                                                             rel=1e-5, abs=1e-7)
 
     # the val split scored by evaluate equals what the last epoch logged
-    result = run_cli(capsys, "evaluate", "--checkpoint", run / "checkpoints" / "last.pt",
+    result = run_cli(capsys, "evaluate", "--checkpoint", run / "checkpoints" / "last",
                      "--split", "val", "--json")
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val"]
     assert result.json["overall"] == pytest.approx(last["overall"])

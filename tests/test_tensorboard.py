@@ -18,6 +18,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import VQA2Layout, read_metrics, run_cli, run_cli_uncaptured, tiny_set_args
 from lrcn.engine import distributed
+from lrcn.engine.checkpoint import load_checkpoint
 from lrcn.engine.checkpointer import Checkpointer, Progress
 from lrcn.engine.step import OptimizerStep
 from lrcn.engine.tensorboard import RunLog
@@ -113,10 +114,10 @@ def test_no_tensorboard_writes_nothing_and_trains_the_same(
     result = run_cli(capsys, *train_args(vqa2_layout, run, "--no-tensorboard"))
     assert result.code == 0, result.err
     assert not (run / "tb").exists()
-    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (run, tb_run))
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    a, b = (load_checkpoint(r / "checkpoints" / "last").model_state for r in (run, tb_run))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [m["val"] for m in read_metrics(run)] == [m["val"] for m in read_metrics(tb_run)]
 
 
@@ -136,11 +137,11 @@ def kill_at_call(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, call: 
 
 
 # (train.checkpoint_every, the class and method whose call number N kills the run); with 3
-# steps an epoch, what last.pt holds then and what tb/ holds beyond it
+# steps an epoch, what the last checkpoint holds then and what tb/ holds beyond it
 KILLS = {
-    # last.pt at the end of epoch 1 (step 3); tb/ has step 3's loss
+    # last at the end of epoch 1 (step 3); tb/ has step 3's loss
     "in epoch 2, before a checkpoint": ("2", OptimizerStep, "__call__", 5),
-    # last.pt at epoch 1, step 2; tb/ has step 2's loss and epoch 1's metrics
+    # last at epoch 1, step 2; tb/ has step 2's loss and epoch 1's metrics
     "after the evaluation, before its checkpoint": ("2", Checkpointer, "end_epoch", 1),
     # last.pt after epoch 1's last step, the epoch not recorded; tb/ has its metrics
     "after a checkpoint at the last step": ("3", Checkpointer, "end_epoch", 1),

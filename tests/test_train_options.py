@@ -39,7 +39,7 @@ def _one_step(store: Path) -> list[str]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = (load_checkpoint(run / "checkpoints" / "last.pt").model_state for run in (a, b))
+    wa, wb = (load_checkpoint(run / "checkpoints" / "last").model_state for run in (a, b))
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)

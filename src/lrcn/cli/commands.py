@@ -176,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from lrcn.data.images import load_image
-    from lrcn.engine.inference import load_model, predict_images
+    from lrcn.engine.inference import load_predictor
 
     if args.top_k < 1:
         raise LrcnError("--top-k must be at least 1")
@@ -184,9 +184,9 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     if args.attention_map is not None:
         from lrcn.engine.attention_map import check_png_path
         out = check_png_path(args.attention_map)  # fail before the model runs
-    loaded = load_model(args.checkpoint, args.device)
+    predictor = load_predictor(args.checkpoint, args.device)  # a .onnx file: ONNX Runtime
     image = load_image(Path(args.image))
-    prediction = predict_images(loaded, [image], [args.question], args.top_k)[0]
+    prediction = predictor.predict([image], [args.question], args.top_k)[0]
     summary = {"question": args.question, "image": args.image, **prediction.to_dict()}
     if out is not None:
         from lrcn.engine.attention_map import render_attention_map, save_attention_map
@@ -224,14 +224,14 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
 
     import uvicorn
 
-    from lrcn.engine.inference import load_model
+    from lrcn.engine.inference import load_predictor
     from lrcn.serve.app import ServeSettings, create_app
 
     if args.max_upload_mb <= 0:
         raise LrcnError("--max-upload-mb must be positive")
     settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                              max_batch=args.max_batch)
-    app = create_app(load_model(args.checkpoint, args.device), settings)
+    app = create_app(load_predictor(args.checkpoint, args.device), settings)  # .onnx: ORT
     try:
         family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.create_server((args.host, args.port), family=family)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lrcn.cli.parser import CHECKPOINT_HELP
+
 FORMATS = ("hf", "onnx")
 
 
@@ -19,7 +21,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
                     "model card (lrcn.from_pretrained and every --checkpoint take it); onnx: "
                     "one .onnx file that answers with ONNX Runtime (lrcn predict and serve "
                     "take it), checked against PyTorch before it is written.")
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True,
                    help="hf: the model folder to create; onnx: the .onnx file to write")

@@ -25,6 +25,16 @@ def print_human(command: str, summary: dict[str, Any]) -> None:
         if "attention_map" in summary:
             print(f"attention map: {summary['attention_map']}")
         return
+    if command == "export":
+        what = ("model folder" if summary["format"] == "hf" else
+                f"ONNX model (opset {summary['opset']}, {summary['bytes'] / 1e6:.1f} MB; ONNX "
+                f"Runtime vs PyTorch at batch sizes "
+                f"{', '.join(map(str, summary['checked_batch_sizes']))}: "
+                f"max |diff| {summary['max_abs_diff']:.1e})")
+        print(f"exported {what}: {summary['out']}")
+        if "hub" in summary:
+            print(f"uploaded: {summary['hub']}")
+        return
     if "overall" in summary:
         print(f"answer accuracy: {summary['overall']:.2f}%")
         for answer_type, acc in summary.get("per_answer_type", {}).items():

@@ -16,6 +16,11 @@ import yaml
 from lrcn.config import DEVICES, RunConfig, apply_overrides, flag_fields, load_config, preset_names
 from lrcn.errors import LrcnError
 
+CHECKPOINT_HELP = ("a run folder (its best checkpoint), a checkpoint folder (checkpoints/best, "
+                   "last, or one lrcn export --format hf wrote) or a .pt file of an earlier "
+                   "version")
+ONNX_HELP = ", or a model.onnx from lrcn export --format onnx"
+
 # --------------------------------------------------------------------------- arguments
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a split and write a results file")
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     _add_dataset_flags(p)
     p.add_argument("--split", required=True, help="split to evaluate")
     p.add_argument("--results", help="results file to write (default: <run>/results/<dataset>_<split>.json)")
@@ -160,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("predict", help="answer a question about one image")
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP + ONNX_HELP)
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--question", required=True)
     p.add_argument("--top-k", type=int, default=5)
@@ -185,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a demo page")
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP + ONNX_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default="cpu")

@@ -195,9 +195,9 @@ class TrainConfig:
                            "checkpoints: eager)")
     eval_batch_size: int = option(256, minimum=1, resumable=True)  # per evaluation batch, per process
     group_by_image: bool = False      # an image's questions in one batch (encoder runs once); 1 process
-    # Optimizer steps between saves of checkpoints/last.pt within an epoch (counted from its
-    # start; every epoch end saves too); 0: epoch ends only. last.pt always holds all that
-    # `lrcn train --resume RUN` needs. A paper-size last.pt (0.9 GB) takes seconds to write:
+    # Optimizer steps between saves of checkpoints/last within an epoch (counted from its
+    # start; every epoch end saves too); 0: epoch ends only. last always holds all that
+    # `lrcn train --resume RUN` needs. A paper-size last (0.9 GB) takes seconds to write:
     # about 1% of 1000 steps on a GPU.
     checkpoint_every: int = option(1000, minimum=0, resumable=True)
     # Loss and lr per optimizer step, validation metrics per epoch, the config as hyperparameters

@@ -17,7 +17,10 @@ import torch
 from lrcn.config import RunConfig, changed_fields, resumable_fields
 from lrcn.data import AnswerVocab, WordVocab
 from lrcn.engine import distributed
-from lrcn.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lrcn.engine.checkpoint import (
+    BEST, CHECKPOINTS, LAST, Checkpoint, load_checkpoint, run_checkpoint, save_checkpoint,
+    upgrade_legacy_checkpoints,
+)
 from lrcn.engine.curves import plot_curves
 from lrcn.errors import LrcnError
 from lrcn.fileio import atomic_write, remove_unfinished_writes
@@ -28,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """Where a run stands: what last.pt saves (as plain values) and a resumed run restores.
+    """Where a run stands: what the last checkpoint saves (as plain values, in its resume.pt)
+    and a resumed run restores.
 
     The position is the optimizer steps done in the epoch being trained; the next batch is
     found from it, since the data order depends only on the seed and the epoch.
@@ -37,7 +41,7 @@ class Progress:
     epoch: int = 0                 # the epoch being trained, 0-based (= epochs once finished)
     step: int = 0                  # optimizer steps done in it, skipped ones included
     loss: float = 0.0              # summed training loss of the epoch so far (this process's;
-    questions: int = 0             # ...all processes' in last.pt) and its number of questions
+    questions: int = 0             # ...all processes' in `last`) and its number of questions
     seconds: float = 0.0           # training time of the epoch so far
     skipped: int = 0               # steps of the epoch skipped for a non-finite loss
     bad_in_a_row: int = 0          # consecutive skipped steps
@@ -94,10 +98,10 @@ def resume_checkpoint(cfg: RunConfig, out_dir: Path) -> tuple[Checkpoint | None,
     `cfg` may differ from the run's only in the fields the config declares resumable
     (`resumable_fields`), and in where its data lies as long as it stays set or unset.
     """
-    path = out_dir / "checkpoints" / "last.pt"
+    path = run_checkpoint(out_dir, LAST)
     if not (out_dir / "config.yaml").is_file():
         raise LrcnError(f"no run to resume in {out_dir}: it has no config.yaml")
-    if not path.is_file():
+    if path is None:
         log.warning("%s holds no checkpoint yet: training it from the start", out_dir)
         return None, Progress()
     ckpt = load_checkpoint(path)
@@ -113,7 +117,7 @@ def resume_checkpoint(cfg: RunConfig, out_dir: Path) -> tuple[Checkpoint | None,
     progress = Progress.from_checkpoint(ckpt, path)
     if distributed.is_main():  # a killed run may have left a write unfinished
         for stale in remove_unfinished_writes(out_dir):
-            log.info("removed %s, left by an interrupted write", stale)
+            log.info("cleaned %s, left by an interrupted write", stale)
     least = progress.epoch + (progress.step > 0)
     if cfg.train.epochs < least:
         raise LrcnError(f"cannot resume {out_dir} with train.epochs = {cfg.train.epochs}: the "
@@ -124,16 +128,18 @@ def resume_checkpoint(cfg: RunConfig, out_dir: Path) -> tuple[Checkpoint | None,
 class Checkpointer:
     """Writes a run's files so that a run killed at any moment resumes as if it had not been.
 
-    Files, each written atomically (`lrcn.fileio.atomic_write`): ``checkpoints/last.pt`` (the
-    weights, the Adam state and `Progress` with every process's random states: all that
-    ``lrcn train --resume`` needs), ``checkpoints/best.pt`` (the best epoch's weights and
-    metrics), ``metrics.jsonl`` (one line per finished epoch) and ``curves.png``.
+    Each written whole or not at all: the checkpoint folders ``checkpoints/last`` (the
+    weights, and in its resume.pt the Adam state and `Progress` with every process's random
+    states: all that ``lrcn train --resume`` needs) and ``checkpoints/best`` (the best
+    epoch's weights and metrics), swapped in by `lrcn.fileio.replace_folder`; the files
+    ``metrics.jsonl`` (one line per finished epoch) and ``curves.png`` by
+    `lrcn.fileio.atomic_write`.
 
-    The order at the end of an epoch (`end_epoch`) is metrics.jsonl, last.pt, best.pt,
-    curves.png. Killed between them, metrics.jsonl may be a line ahead of last.pt and best.pt
-    an epoch behind; `follow_last` (on resume) rewrites both from last.pt, which is the truth.
-    Within an epoch only last.pt is written (`save_last`, every ``train.checkpoint_every``
-    steps and before a requested stop).
+    The order at the end of an epoch (`end_epoch`) is metrics.jsonl, last, best, curves.png.
+    Killed between them, metrics.jsonl may be a line ahead of last and best an epoch behind;
+    `follow_last` (on resume) rewrites both from last, which is the truth. Within an epoch
+    only last is written (`save_last`, every ``train.checkpoint_every`` steps and before a
+    requested stop).
 
     Every process calls `save_last` and `end_epoch` together (they gather the random states
     and the loss over processes); only rank 0 writes.
@@ -143,15 +149,15 @@ class Checkpointer:
                  answer_vocab: AnswerVocab, model: VQAModel, optimizer: torch.optim.Optimizer,
                  progress: Progress, device: torch.device) -> None:
         self.out_dir = out_dir
-        self.last = out_dir / "checkpoints" / "last.pt"
-        self.best = out_dir / "checkpoints" / "best.pt"
+        self.last = out_dir / CHECKPOINTS / LAST
+        self.best = out_dir / CHECKPOINTS / BEST
         self.metrics = out_dir / "metrics.jsonl"
         self.cfg, self.word_vocab, self.answer_vocab = cfg, word_vocab, answer_vocab
         self.model, self.optimizer, self.progress, self.device = model, optimizer, progress, device
 
     def save_last(self) -> Path:
-        """Write last.pt: the weights, the Adam state and the progress with every process's
-        random states and the loss summed over processes."""
+        """Write the last checkpoint: the weights, the Adam state and the progress with every
+        process's random states and the loss summed over processes."""
         progress = self.progress
         rngs = distributed.all_gather_objects(rng_state(self.device))
         loss, questions = epoch_loss_over_processes(progress, self.device)
@@ -178,14 +184,17 @@ class Checkpointer:
         return path
 
     def follow_last(self) -> None:
-        """On resume (rank 0): metrics.jsonl and best.pt follow last.pt again."""
+        """On resume (rank 0): metrics.jsonl and best follow last again; the checkpoint
+        files of an earlier version become folders (every process has read its own)."""
         self._write_metrics()
         progress = self.progress
         if progress.step == 0 and progress.best == len(progress.history) - 1:
             self._save_best()
+        for old in upgrade_legacy_checkpoints(self.out_dir):
+            log.info("rewrote %s as a checkpoint folder", old)
 
     def _save_best(self) -> None:
-        """best.pt: the weights of the best epoch, which are the model's now, and its metrics."""
+        """best: the weights of the best epoch, which are the model's now, and its metrics."""
         entry = self.progress.history[self.progress.best]
         save_checkpoint(self.best, Checkpoint(self.cfg, self.word_vocab, self.answer_vocab,
                                               self.model.state_dict(), entry["epoch"], entry))

@@ -44,7 +44,7 @@ import torch
 from lrcn.config import RunConfig, load_config, save_config
 from lrcn.data.openvqa import read_answer_dict
 from lrcn.engine.checkpoint import (
-    Checkpoint, read_torch_file, save_checkpoint, weight_mismatch,
+    BEST, CHECKPOINTS, Checkpoint, read_torch_file, save_checkpoint, weight_mismatch,
 )
 from lrcn.engine.setup import build_word_vocab
 from lrcn.errors import LrcnError
@@ -244,7 +244,7 @@ def import_openvqa(checkpoint: str | Path, data_root: str | Path, answer_dict: s
     try:
         save_config(cfg, staging / "config.yaml")
         epoch = saved["epoch"] if isinstance(saved["epoch"], int) and saved["epoch"] >= 0 else 0
-        save_checkpoint(staging / "checkpoints" / "best.pt", Checkpoint(
+        save_checkpoint(staging / CHECKPOINTS / BEST, Checkpoint(
             cfg, word_vocab, answer_vocab, net.state_dict(), epoch,
             {"imported_from": str(checkpoint.resolve()), "source": source}))
         commit_folder(staging, out)

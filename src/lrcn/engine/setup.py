@@ -33,7 +33,7 @@ from lrcn.data.pipeline import encode_for_model
 from lrcn.data.records import VQASplit
 from lrcn.engine import distributed
 from lrcn.engine.checkpoint import (
-    Checkpoint, load_checkpoint, load_weights, resolve_checkpoint,
+    LAST, Checkpoint, load_checkpoint, load_weights, resolve_checkpoint, run_checkpoint,
 )
 from lrcn.engine.checkpointer import Progress, resume_checkpoint
 from lrcn.engine.inference import resolve_device
@@ -90,7 +90,7 @@ def check_train_config(cfg: RunConfig, resume: bool = False) -> None:
 
 
 def load_init_source(init: str) -> tuple[Path, Checkpoint]:
-    """The checkpoint ``train.init`` names (a run folder: its best.pt, else its last.pt) and
+    """The checkpoint ``train.init`` names (a run folder: its best, else its last) and
     its path; an error names ``--init``."""
     try:
         path = resolve_checkpoint(init)
@@ -133,7 +133,7 @@ def prepare_data(cfg: RunConfig, glove_cache: Path | None = None,
 
     A run started from another run's weights (``train.init``) takes both vocabularies from
     `vocabs_from` (the source checkpoint, read from ``train.init`` when not given; a resumed
-    run's own last.pt), so that the embedding rows and answer logits keep their meaning, and
+    run's own last checkpoint), so that the embedding rows and answer logits keep their meaning, and
     reads no GloVe: the word embeddings come with the weights. A training answer outside that
     answer vocabulary gives no target, as any answer outside a vocabulary.
     """
@@ -271,7 +271,7 @@ class Run:
     val_split: EncodedSplit | None
     lrs: list[float]             # the learning rate of every epoch
     progress: Progress
-    saved: Checkpoint | None     # last.pt of a resumed run
+    saved: Checkpoint | None     # the last checkpoint of a resumed run
 
 
 def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
@@ -293,7 +293,7 @@ def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
         keep_freed_memory()  # large CPU activations reuse freed memory instead of page faults
     source = vocabs_from = None
     if cfg.train.init:  # started from another run's weights: its vocabularies and weights;
-        # resumed, from its own last.pt, which has both (the source is not read again)
+        # resumed, from its own last checkpoint, which has both (the source is not read again)
         source = load_init_source(cfg.train.init) if saved is None else None
         vocabs_from = source[1] if source is not None else saved
     data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR,
@@ -315,7 +315,7 @@ def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
                 saved.word_vocab.to_dict(), saved.answer_vocab.to_dict()):
             raise LrcnError(f"cannot resume {out_dir}: its data now gives other word or answer "
                             "vocabularies than the run was trained with (the data changed)")
-        load_weights(model, saved.model_state, out_dir / "checkpoints" / "last.pt")
+        load_weights(model, saved.model_state, run_checkpoint(out_dir, LAST))
     run = Run(cfg, data, model, device, None, None, lrs, progress, saved)
     if progress.epoch >= t.epochs:
         return run  # a resumed run with nothing left to train: no data to encode

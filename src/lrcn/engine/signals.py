@@ -20,7 +20,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 class StopRequest:
     """SIGINT (Ctrl-C) or SIGTERM during training, as a request to stop after the current step.
 
-    The first SIGINT only sets `requested`: the loop saves last.pt after the step (or after
+    The first SIGINT only sets `requested`: the loop saves checkpoints/last after the step (or after
     the epoch's evaluation) and stops. A second one stops at once without saving, in a single
     process; under torchrun every process gets SIGINT from the terminal and again from
     torchrun, so repeats are ignored there. Python delivers signals to the main thread only:

@@ -22,6 +22,7 @@ from lrcn.config import RunConfig, TrainConfig, save_config
 from lrcn.data.batches import batch_loader, set_epoch, shard_length
 from lrcn.data.registry import dataset_metric
 from lrcn.engine import distributed
+from lrcn.engine.checkpoint import LAST, run_checkpoint
 from lrcn.engine.checkpointer import (
     Checkpointer, Progress, epoch_loss_over_processes, set_rng_state,
 )
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate every epoch, keep best and last checkpoints; return the summary.
 
-    With `resume`, continue the run in `out_dir` from its last.pt where it stopped, as if it
-    had not: the same weights, metrics and best epoch (`Checkpointer`). Under torchrun every
+    With `resume`, continue the run in `out_dir` from its last checkpoint where it stopped,
+    as if it had not: the same weights, metrics and best epoch (`Checkpointer`). Under torchrun every
     process runs this with the same `out_dir`; they train one model together (DDP, each on
     its share of every batch) and only rank 0 writes files.
     """
@@ -74,7 +75,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]
                          "train_seconds": round(progress.seconds, 2),
                          "eval_seconds": round(time.perf_counter() - start, 2), "val": val}
                 _log_epoch(entry, t, progress.seconds)
-                tb.epoch(entry)  # before metrics.jsonl and last.pt: see lrcn.engine.tensorboard
+                tb.epoch(entry)  # before metrics.jsonl and last: see lrcn.engine.tensorboard
                 best = progress.history[progress.best] if progress.best is not None else None
                 path = checkpointer.end_epoch(entry, not val or best is None
                                              or _score(val, model.task) > _score(best["val"], model.task))
@@ -101,7 +102,7 @@ def _start_optimizer(run: Run, out_dir: Path) -> torch.optim.Optimizer:
         try:
             optimizer.load_state_dict(run.saved.optimizer_state)
         except (ValueError, KeyError) as exc:
-            raise LrcnError(f"{out_dir / 'checkpoints' / 'last.pt'}: its optimizer state does "
+            raise LrcnError(f"{run_checkpoint(out_dir, LAST)}: its optimizer state does "
                             f"not fit the model: {exc}") from None
         rngs = run.saved.progress.get("rng", [])
         if rank < len(rngs):  # its own states; a process the run did not have keeps seed + rank
@@ -164,8 +165,8 @@ def train_one_epoch(run_step: OptimizerStep, loader: DataLoader, t: TrainConfig,
     """Train epoch ``progress.epoch`` of the shuffled training split from its step
     ``progress.step`` on; returns the mean loss per question over every process.
 
-    `progress` and `tb` follow each optimizer step. last.pt is saved (by every process
-    together) every ``train.checkpoint_every`` steps, and before stopping at a Ctrl-C
+    `progress` and `tb` follow each optimizer step. The last checkpoint is saved (by every
+    process together) every ``train.checkpoint_every`` steps, and before stopping at a Ctrl-C
     (TrainingInterrupted) or after ``train.max_bad_steps`` non-finite losses in a row
     (LrcnError).
     """

@@ -34,7 +34,7 @@ from torch import nn
 
 from lrcn.config import ModelConfig
 from lrcn.errors import LrcnError
-from lrcn.models.layers import AttentionPool, word_embedding
+from lrcn.models.layers import AttentionPool, tracing, word_embedding
 from lrcn.models.position import GridPosition, region_centres
 from lrcn.models.registry import register_model
 from lrcn.models.vqa_model import LRCNOutput, VQAModel, build_vqa_model
@@ -82,13 +82,35 @@ class QuestionEncoder(nn.Module):
             raise LrcnError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         T = tokens.shape[1]
         mask = tokens != 0  # (B, T) True = word
-        lengths = mask.sum(dim=1).clamp(min=1).cpu()  # (B,) pack_padded_sequence wants them on CPU
-        packed = nn.utils.rnn.pack_padded_sequence(
-            self.embed(tokens), lengths, batch_first=True, enforce_sorted=False
+        lengths = mask.sum(dim=1).clamp(min=1)  # (B,)
+        if tracing():  # packing sorts by data-dependent lengths, which no exported graph can
+            return self.pool(self._lstm_padded(self.embed(tokens), lengths), mask)
+        packed = nn.utils.rnn.pack_padded_sequence(  # lengths on the CPU, as it wants them
+            self.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
         )
         h, _ = self.lstm(packed)
         h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)  # (B, T, D)
         return self.pool(h, mask)  # (B, D), (B, T)
+
+    def _lstm_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """What the packed BiLSTM gives, (B, T, D), without packing: for export.
+
+        The forward direction reads each question from its first word, so pads after it never
+        reach its words; the backward direction must start at its last word, so it reads the
+        question shifted right until that word is last. One BiLSTM pass over both (2B rows);
+        each half is taken where it is right, moved back in place, and the pads zeroed as
+        ``pad_packed_sequence`` leaves them.
+        """
+        B, T, _ = x.shape
+        steps = torch.arange(T, device=x.device)  # (T,)
+        shift = (T - lengths)[:, None]  # (B, 1)
+        right = x.gather(1, ((steps - shift) % T)[:, :, None].expand_as(x))  # last word at T-1
+        h, _ = self.lstm(torch.cat((x, right)))  # (2B, T, D)
+        half = h.shape[-1] // 2
+        backward = h[B:, :, half:].gather(  # back to the words' own places
+            1, ((steps + shift) % T)[:, :, None].expand(B, T, half))
+        h = torch.cat((h[:B, :, :half], backward), dim=-1)  # (B, T, D)
+        return h * (steps < lengths[:, None])[:, :, None].to(h.dtype)
 
 
 class ImageEncoder(nn.Module):

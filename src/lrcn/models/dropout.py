@@ -153,7 +153,9 @@ def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) ->
 
     `inplace` overwrites `x` (as torch does, autograd refuses it where `x` is still needed)
     and spares an allocation the size of `x`."""
-    if inplace and (base := _whole_base(x)) is not None:
+    # Only training writes (and records) anything; evaluation, and a graph being exported,
+    # never touch the view's base.
+    if inplace and training and (base := _whole_base(x)) is not None:
         return dropout(base, p, training, inplace=True).view(x.shape)
     if not fast_dropout_applies(x, p, training):
         return F.dropout(x, p, training, inplace)
@@ -164,7 +166,7 @@ def relu_dropout(x: torch.Tensor, p: float, training: bool,
                  inplace: bool = False) -> torch.Tensor:
     """``F.dropout(F.relu(x), p, training)`` in one pass, saving only its output; `inplace`
     as in `dropout`."""
-    if inplace and (base := _whole_base(x)) is not None:
+    if inplace and training and (base := _whole_base(x)) is not None:  # as in `dropout`
         return relu_dropout(base, p, training, inplace=True).view(x.shape)
     if not fast_dropout_applies(x, p, training):
         # torch's ReLU backward reads the ReLU's output, so only the ReLU may overwrite x

@@ -27,6 +27,13 @@ from lrcn.errors import LrcnError
 from lrcn.models.dropout import dropout, fast_dropout_applies, relu_dropout
 
 
+def tracing() -> bool:
+    """Whether the model is being captured as a graph for export (``torch.export``, as the
+    ONNX exporter runs it, or TorchScript tracing): code that branches on tensor values
+    takes its branch-free form then, which gives the same numbers."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 @dataclass(frozen=True)
 class KeyMask:
     """A key mask prepared once per forward pass and shared by every attention layer.
@@ -59,7 +66,12 @@ class KeyMask:
         attend = (valid | ~any_key.unsqueeze(-1))[:, None, None, :]  # (B, 1, 1, S)
         bias = torch.zeros(attend.shape, dtype=torch.float32, device=valid.device)
         bias.masked_fill_(~attend, float("-inf"))
-        has_key = None if bool(any_key.all()) else any_key.float()[:, None, None, None]
+        # Eager, the common all-valid case skips the multiply; a graph being exported cannot
+        # branch on tensor values, so it always keeps the factor (all ones there: same result).
+        if tracing() or not bool(any_key.all()):
+            has_key = any_key.float()[:, None, None, None]  # (B, 1, 1, 1)
+        else:
+            has_key = None
         return cls(valid, attend, bias, has_key, no_key == "uniform")
 
     def fill_no_key(self, out: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -150,7 +162,10 @@ class MultiHeadAttention(nn.Module):
             out = self.attend(q, k, v, mask, score_bias)
         if mask is not None and mask.has_key is not None:
             out = mask.fill_no_key(out, v)  # no valid key: zero or the mean of the values
-        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        out = out.transpose(1, 2)  # (B, T, heads, head_dim)
+        if tracing():  # an export captures SDPA's strides, then decomposes it into other ones,
+            out = out.clone(memory_format=torch.contiguous_format)  # so no view may rely on them
+        out = out.reshape(B, T, D)  # (B, T, D)
         return self.out_proj(out)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMask | None,

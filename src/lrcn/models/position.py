@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from lrcn.errors import LrcnError
+from lrcn.models.layers import tracing
 
 
 COORD_CHANNELS = 2
@@ -166,7 +167,10 @@ class DistanceBias(nn.Module):
 
     def forward(self, centres: torch.Tensor) -> torch.Tensor:
         """Region centres (1 or B, N, 2) (`region_centres`) -> score bias (1 or B, heads, N, N)."""
-        distances = torch.cdist(centres, centres).unsqueeze(1)  # (1 or B, 1, N, N)
+        if tracing():  # ONNX has no cdist: the distances written out (equal to within ~1e-7)
+            distances = (centres[:, :, None] - centres[:, None]).norm(dim=-1).unsqueeze(1)
+        else:
+            distances = torch.cdist(centres, centres).unsqueeze(1)  # (1 or B, 1, N, N)
         bias = -self.slopes[:, None, None].to(distances.dtype) * distances
         eye = torch.eye(centres.shape[1], dtype=torch.bool, device=centres.device)
         return bias.masked_fill(eye, SELF_BIAS)

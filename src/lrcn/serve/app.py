@@ -4,7 +4,7 @@ Endpoints:
     POST /api/predict         multipart form: image (file), question (text), top_k (optional)
     GET  /api/examples        [{"name", "url", "question"}] for the demo page
     GET  /api/examples/{name} an example image (PNG)
-    GET  /healthz             {"status": "ok", "model", "device", "batching"}
+    GET  /healthz             {"status": "ok", "model", "runtime", "device", "batching"}
     GET  /                    the demo page (static/index.html); /static/... its files
     GET  /docs, /openapi.json FastAPI's interactive documentation
 
@@ -20,7 +20,9 @@ Every error is JSON ``{"detail": "<message>"}`` with one of these status codes:
     500 a bug: the traceback is logged, the client gets a generic message
 
 Uploads are decoded in worker threads (at most ``decode_threads`` at a time) and
-answered by a `Batcher`, which runs one forward pass for the requests that arrive together.
+answered by a `Batcher`, which runs one forward pass for the requests that arrive together,
+on whichever `Predictor` serves: a PyTorch checkpoint or an exported ``.onnx`` file on ONNX
+Runtime (`lrcn.engine.inference.load_predictor`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrcn.data.images import to_rgb
 from lrcn.data.text import tokenize
-from lrcn.engine.inference import LoadedModel
+from lrcn.engine.inference import Predictor
 from lrcn.errors import LrcnError
 from lrcn.serve.batcher import Batcher, BatcherBusy
 from lrcn.serve.examples import available_examples
@@ -296,21 +298,18 @@ class CatchAll:
 
 # --------------------------------------------------------------------------- the app
 
-def model_name(loaded: LoadedModel) -> str:
-    m = loaded.checkpoint.config.model
-    return f"lrcn-{m.variant}" if m.arch == "lrcn" else m.arch
+def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving `predictor` (a `LoadedModel`, or an `OnnxPredictor`); the
+    model worker runs while the app's lifespan does.
 
-
-def create_app(loaded: LoadedModel, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app serving `loaded`; the model worker runs while the app's lifespan does.
-
-    Raises LrcnError for a checkpoint that cannot answer from image files.
+    Raises LrcnError for a model that cannot answer from image files.
     """
     settings = settings or ServeSettings()
-    if loaded.model.encoder is None and loaded.model.net.uses_image:
+    if not predictor.answers_from_images:
         raise LrcnError("this checkpoint reads precomputed image features; serving needs a "
                         "model with its own image encoder")
-    batcher = Batcher(loaded, settings.max_batch, settings.batch_wait_ms, settings.max_pending)
+    batcher = Batcher(predictor, settings.max_batch, settings.batch_wait_ms,
+                      settings.max_pending)
     examples = available_examples()
 
     @asynccontextmanager
@@ -325,7 +324,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None) -> Fa
     app = FastAPI(title="lrcn", summary="Visual question answering: ask about an image.",
                   lifespan=lifespan)
     app.state.settings = settings
-    app.state.loaded = loaded
+    app.state.predictor = predictor
     app.state.batcher = batcher  # batcher.stats: batches run and their sizes
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
     app.add_middleware(CatchAll)
@@ -362,9 +361,10 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None) -> Fa
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        """Liveness, the model served, and how the batcher has batched so far."""
-        return {"status": "ok", "model": model_name(loaded), "device": str(loaded.device),
-                "batching": batcher.stats.to_dict()}
+        """Liveness, the model served and what runs it, and how the batcher has batched so
+        far."""
+        return {"status": "ok", "model": predictor.name, "runtime": predictor.runtime,
+                "device": str(predictor.device), "batching": batcher.stats.to_dict()}
 
     @app.get("/api/examples", response_model=list[ExampleInfo])
     async def list_examples() -> list[dict]:

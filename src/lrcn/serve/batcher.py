@@ -1,9 +1,10 @@
 """A small dynamic batcher: concurrent requests share one forward pass.
 
 Requests wait in a bounded queue; one worker thread takes the first waiting request, waits
-at most ``wait_ms`` for more (up to ``max_batch``), runs `predict_images` once for all of
-them, and resolves each request's future. The event loop only ever awaits futures, so a
-slow forward pass never blocks it.
+at most ``wait_ms`` for more (up to ``max_batch``), runs the predictor (PyTorch or ONNX
+Runtime, `lrcn.engine.inference.Predictor`) once for all of them, and resolves each
+request's future. The event loop only ever awaits futures, so a slow forward pass never
+blocks it.
 
 A batch that fails is retried one request at a time, so an error is reported to the
 request that caused it and never to the others in its batch.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from lrcn.engine.inference import LoadedModel, Prediction, predict_images
+from lrcn.engine.inference import Prediction, Predictor
 from lrcn.errors import LrcnError
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,14 @@ class BatchStats:
 
 
 class Batcher:
-    """Groups `predict` calls from many coroutines into batched `predict_images` calls."""
+    """Groups `predict` calls from many coroutines into batched ``Predictor.predict`` calls."""
 
-    def __init__(self, loaded: LoadedModel, max_batch: int = 16, wait_ms: float = 5.0,
+    def __init__(self, predictor: Predictor, max_batch: int = 16, wait_ms: float = 5.0,
                  max_pending: int = 256) -> None:
         if max_batch < 1 or wait_ms < 0 or max_pending < 1:
             raise LrcnError(f"batcher: max_batch ({max_batch}) and max_pending ({max_pending}) "
                             f"must be >= 1, wait_ms ({wait_ms}) >= 0")
-        self.loaded = loaded
+        self.predictor = predictor
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
         self.stats = BatchStats()
@@ -160,8 +161,8 @@ class Batcher:
 
     def _forward(self, batch: list[_Request]) -> list[Prediction]:
         top_k = max(r.top_k for r in batch)
-        predictions = predict_images(self.loaded, [r.image for r in batch],
-                                     [r.question for r in batch], top_k)
+        predictions = self.predictor.predict([r.image for r in batch],
+                                             [r.question for r in batch], top_k)
         for request, prediction in zip(batch, predictions):
             prediction.answers = prediction.answers[: request.top_k]
         return predictions
