@@ -308,8 +308,8 @@ def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
             pixels=model.net.uses_image and cfg.model.image_encoder != "features"))
     lrs = lr_per_epoch(t)  # also in config.yaml (save_config)
     log.info("lr schedule: %s", describe_schedule(lrs))
-    log.info("model %s-%s, %.2f M parameters (excluding word embeddings)", cfg.model.arch,
-             cfg.model.variant, model.net.num_parameters() / 1e6)
+    log.info("model %s-%s, %.2f M parameters (image encoder included, word embeddings "
+             "excluded)", cfg.model.arch, cfg.model.variant, model.num_parameters() / 1e6)
     if saved is not None:
         if (data.word_vocab.to_dict(), data.answer_vocab.to_dict()) != (
                 saved.word_vocab.to_dict(), saved.answer_vocab.to_dict()):
