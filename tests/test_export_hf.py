@@ -125,7 +125,7 @@ def test_the_card(exported: tuple[Path, dict[str, Any]]) -> None:
                       **{f"VQA accuracy ({kind})": value
                          for kind, value in metrics["per_answer_type"].items()}}
     # The Hub's own reader takes the metadata.
-    repocard_data = pytest.importorskip("huggingface_hub.repocard_data")
+    from huggingface_hub import repocard_data
     name, results = repocard_data.model_index_to_eval_results(meta["model-index"])
     assert name == out.name and len(results) == len(values)
 
