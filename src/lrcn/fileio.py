@@ -83,9 +83,17 @@ def commit_folder(staging: Path, dest: Path) -> None:
     fsync_folder(dest.parent)
 
 
+ASIDE_SUFFIX = ".old"
+
+
 def aside_path(dest: Path) -> Path:
     """Where `replace_folder` puts the old `dest` between its two renames: ``.NAME.old``."""
-    return dest.with_name(f".{dest.name}.old")
+    return dest.with_name(f".{dest.name}{ASIDE_SUFFIX}")
+
+
+def aside_of(aside: Path) -> Path:
+    """The `dest` whose `aside_path` is `aside` (the inverse)."""
+    return aside.with_name(aside.name[1:-len(ASIDE_SUFFIX)])
 
 
 def replace_folder(staging: Path, dest: Path) -> None:
@@ -210,7 +218,7 @@ def remove_unfinished_writes(folder: Path) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    for aside in sorted(folder.rglob(".*.old")):
+    for aside in sorted(folder.rglob(f".*{ASIDE_SUFFIX}")):
         if aside.is_dir():
-            stale += recover_folder(aside.with_name(aside.name[1:-len(".old")]))
+            stale += recover_folder(aside_of(aside))
     return stale

@@ -57,6 +57,7 @@ RESUME_FILE = "resume.pt"
 META_KEYS = ("format", "version", "epoch", "metrics")  # config.json's keys beside the config
 CONFIG_SECTIONS = ("data", "model", "train")
 
+ONNX_SUFFIX = ".onnx"  # an exported ONNX model (lrcn.engine.export_onnx), not a checkpoint
 CHECKPOINTS = "checkpoints"  # a run's checkpoint folders: best, last
 BEST, LAST = "best", "last"
 
@@ -149,7 +150,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint `path` names: a checkpoint folder or a ``.pt`` file means itself, a run
     folder its best checkpoint, else its last (folders before files of earlier versions)."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx" and path.is_file():
+    if path.suffix.lower() == ONNX_SUFFIX and path.is_file():
         raise LrcnError(f"{path} is an ONNX model, which only lrcn predict and lrcn serve "
                         "take; give the run or checkpoint folder it was exported from")
     if path.is_file() or is_checkpoint_folder(path):

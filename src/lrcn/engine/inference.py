@@ -25,6 +25,7 @@ from lrcn.data.images import normalize, resize_transform
 from lrcn.data.pipeline import model_inputs
 from lrcn.data.text import WordVocab, tokenize
 from lrcn.engine.checkpoint import (
+    ONNX_SUFFIX,
     Checkpoint,
     load_checkpoint,
     load_weights,
@@ -127,7 +128,7 @@ class Predictor(Protocol):
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """The model a path names: an ``.onnx`` file runs on ONNX Runtime, anything else is a
     checkpoint (file or run folder) rebuilt in PyTorch. The one place the backend is chosen."""
-    if Path(path).suffix.lower() == ".onnx":
+    if Path(path).suffix.lower() == ONNX_SUFFIX:
         from lrcn.engine.onnx_runtime import load_onnx
 
         return load_onnx(path, device)
