@@ -67,22 +67,25 @@ def test_samples_set_the_epochs_and_rescale_the_schedule(samples, questions, epo
                 f"{epochs} epochs") in caplog.text
 
 
-@pytest.mark.parametrize(("pixels", "grouped", "passes"), [
-    (False, True, 0), (False, False, 0),  # a feature store: no encoder pass
-    (True, True, 500),                    # an image's questions share one pass
-    (True, False, 4000),                  # every question runs its image
+@pytest.mark.parametrize(("pixels", "grouped", "group_size", "passes"), [
+    (False, True, None, 0), (False, False, None, 0),  # a feature store: no encoder pass
+    (True, True, None, 500),                    # an image's questions share one pass
+    (True, True, 3, 1500),                      # groups of 3, 3 and 2 questions: 3 passes
+    (True, True, 8, 500), (True, True, 20, 500),
+    (True, False, None, 4000), (True, False, 3, 4000),  # every question runs its image
 ])
-def test_image_passes_per_epoch(pixels, grouped, passes):
-    assert image_passes_per_epoch(4000, 500, pixels=pixels, grouped=grouped) == passes
+def test_image_passes_per_epoch(pixels, grouped, group_size, passes):
+    assert image_passes_per_epoch([8] * 500, pixels=pixels, grouped=grouped,
+                                  group_size=group_size) == passes
 
 
 def test_image_passes_count_towards_samples(caplog):
     """One question per photo (VizWiz) costs a pass each; eight per photo share one."""
     one_each = TrainConfig(epochs=10, samples=600_000, warmup_epochs=1, decay_epochs=[8])
-    epochs_for_samples(one_each, 6000, image_passes_per_epoch(6000, 6000, True, True))
+    epochs_for_samples(one_each, 6000, image_passes_per_epoch([1] * 6000, True, True))
     eight_each = TrainConfig(epochs=10, samples=600_000, warmup_epochs=1, decay_epochs=[8])
     with caplog.at_level(logging.INFO, logger="lrcn"):
-        epochs_for_samples(eight_each, 32000, image_passes_per_epoch(32000, 4000, True, True))
+        epochs_for_samples(eight_each, 32000, image_passes_per_epoch([8] * 4000, True, True))
     assert (one_each.epochs, eight_each.epochs) == (50, 17)
     assert ("train.samples 600000 over 32000 training questions and 4000 image passes an "
             "epoch: 17 epochs") in caplog.text

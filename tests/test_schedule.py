@@ -72,23 +72,23 @@ def test_rescale_schedule(epochs: int, warmup: int, decay: list[int], new: int,
 
 
 def test_epochs_flag_rescales_the_preset_schedule(info_logs: pytest.LogCaptureFixture) -> None:
-    """The issue: --epochs 12 on the 4-epoch easyvqa preset decays at epoch 9, not 3."""
+    """--epochs 12 on the 3-epoch easyvqa preset decays at epoch 8, not 2."""
     cfg = _config("--dataset", "vqa2", "--data-root", "D", "--config", "easyvqa", "--epochs", "12")
-    assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.decay_epochs) == (12, 1, [9])
+    assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.decay_epochs) == (12, 0, [8])
     assert _schedule_lines(info_logs) == [
-        "train.decay_epochs [3] -> [9]: preset easyvqa states its schedule for 4 epochs, "
+        "train.decay_epochs [2] -> [8]: preset easyvqa states its schedule for 3 epochs, "
         "this run has 12"]
-    assert lr_per_epoch(cfg.train).count(pytest.approx(0.0003 * 0.2)) == 3  # not 9 of 12
+    assert lr_per_epoch(cfg.train).count(pytest.approx(0.0003 * 0.2)) == 4  # not 10 of 12
 
 
 def test_set_epochs_rescales_and_logs_every_change(info_logs: pytest.LogCaptureFixture) -> None:
-    cfg = _config("--set", "train.epochs=1")
+    cfg = _config("--config", "lrcn-ed-sa-6", "--set", "train.epochs=1")
     assert (cfg.train.warmup_epochs, cfg.train.decay_epochs) == (0, [])
     assert _schedule_lines(info_logs) == [
-        "train.warmup_epochs 1 -> 0: preset easyvqa states its schedule for 4 epochs, "
+        "train.warmup_epochs 3 -> 0: preset lrcn-ed-sa-6 states its schedule for 13 epochs, "
         "this run has 1",
-        "train.decay_epochs [3] -> []: preset easyvqa states its schedule for 4 epochs, "
-        "this run has 1"]
+        "train.decay_epochs [10, 12] -> []: preset lrcn-ed-sa-6 states its schedule for 13 "
+        "epochs, this run has 1"]
     info_logs.clear()
     cfg = _config("--config", "lrcn-ed-sa-6", "--epochs", "26")
     assert (cfg.train.warmup_epochs, cfg.train.decay_epochs) == (3, [20, 24])
@@ -112,11 +112,11 @@ def test_a_config_file_states_its_schedule_for_its_epochs(
 
 def test_decay_epochs_set_by_the_user_are_kept(info_logs: pytest.LogCaptureFixture) -> None:
     cfg = _config("--epochs", "12", "--set", "train.decay_epochs=[3]")
-    assert (cfg.train.warmup_epochs, cfg.train.decay_epochs) == (1, [3])
+    assert (cfg.train.warmup_epochs, cfg.train.decay_epochs) == (0, [3])
     assert _schedule_lines(info_logs) == []
     # The warm-up the user sets is theirs too; the decay epochs still follow the epochs.
     cfg = _config("--epochs", "8", "--set", "train.warmup_epochs=2")
-    assert (cfg.train.warmup_epochs, cfg.train.decay_epochs) == (2, [6])
+    assert (cfg.train.warmup_epochs, cfg.train.decay_epochs) == (2, [5])
 
 
 def test_a_resumed_run_keeps_its_saved_schedule(
@@ -128,10 +128,10 @@ def test_a_resumed_run_keeps_its_saved_schedule(
         write(load_config("easyvqa"), run / "config.yaml")
         info_logs.clear()
         cfg = _config("--resume", run, "--epochs", "12")
-        assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.decay_epochs) == (12, 1, [3])
+        assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.decay_epochs) == (12, 0, [2])
         assert _schedule_lines(info_logs) == [
-            "train.epochs 4 -> 12 on resume: the run keeps its saved schedule "
-            "(warmup_epochs 1, decay_epochs [3])"]
+            "train.epochs 3 -> 12 on resume: the run keeps its saved schedule "
+            "(warmup_epochs 0, decay_epochs [2])"]
 
 
 def _save_config_without_lr_per_epoch(cfg: RunConfig, path: Path) -> None:
@@ -142,8 +142,8 @@ def _save_config_without_lr_per_epoch(cfg: RunConfig, path: Path) -> None:
 @pytest.mark.parametrize(("extra", "fragments"), [
     (["--epochs", "12", "--set", "train.decay_epochs=[3,12]"],
      ["train.decay_epochs [3, 12]: decay epoch(s) [12] never take effect in a run of 12 epochs"]),
-    (["--set", "train.warmup_epochs=4"],
-     ["train.warmup_epochs 4 must be less than train.epochs 4"]),
+    (["--set", "train.warmup_epochs=3"],
+     ["train.warmup_epochs 3 must be less than train.epochs 3"]),
     (["--epochs", "1", "--set", "train.warmup_epochs=1"],
      ["train.warmup_epochs 1 must be less than train.epochs 1"]),
     (["--set", "train.warmup_epochs=-1"], ["train.warmup_epochs must be 0 or more, got -1"]),
@@ -160,9 +160,9 @@ def test_a_resumed_run_is_not_refused_for_its_saved_schedule() -> None:
     """Resumed with fewer epochs than it was started with (and has trained), or saved before
     this check: its schedule is the run's and may not change, so it does not have to fit."""
     cfg = load_config("easyvqa")
-    cfg.train.epochs = 2  # decay epoch 3 is past the end
+    cfg.train.epochs = 2  # decay epoch 2 is past the end
     check_train_config(cfg, resume=True)
-    with pytest.raises(LrcnError, match=r"decay epoch\(s\) \[3\] never take effect"):
+    with pytest.raises(LrcnError, match=r"decay epoch\(s\) \[2\] never take effect"):
         check_train_config(cfg)
 
 
@@ -171,9 +171,10 @@ def test_a_resumed_run_is_not_refused_for_its_saved_schedule() -> None:
 
 def test_lr_per_epoch() -> None:
     easyvqa = load_config("easyvqa").train
-    assert lr_per_epoch(easyvqa) == pytest.approx([1.5e-4, 3e-4, 3e-4, 6e-5])
-    assert describe_schedule(lr_per_epoch(easyvqa)) == (
-        "epoch 1 0.00015, epochs 2-3 0.0003, epoch 4 6e-05")
+    assert lr_per_epoch(easyvqa) == pytest.approx([3e-4, 3e-4, 6e-5])
+    assert describe_schedule(lr_per_epoch(easyvqa)) == "epochs 1-2 0.0003, epoch 3 6e-05"
+    assert describe_schedule(lr_per_epoch(easyvqa), easyvqa.warmup_steps) == (
+        "rising over the first 400 steps, epochs 1-2 0.0003, epoch 3 6e-05")
     paper = TrainConfig()
     assert lr_per_epoch(paper) == pytest.approx(
         [2.5e-5, 5e-5, 7.5e-5] + [1e-4] * 7 + [2e-5] * 2 + [4e-6])
@@ -192,15 +193,15 @@ def test_config_yaml_lists_lr_per_epoch_and_reads_back(tmp_path: Path) -> None:
     save_config(cfg, path)
     saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert saved["lr_per_epoch"] == pytest.approx(lr_per_epoch(cfg.train))
-    assert saved["lr_per_epoch"] == [0.00015] + [0.0003] * 8 + [6e-05] * 3  # readable values
+    assert saved["lr_per_epoch"] == [0.0003] * 8 + [6e-05] * 4  # readable values
     assert load_config(str(path)) == cfg
     assert _config("--config", path) == cfg  # lrcn train --config RUN/config.yaml repeats it
 
 
 @pytest.mark.parametrize(("edit", "shown"), [
-    (lambda d: d["lr_per_epoch"].__setitem__(0, 0.0003), "[0.0003, 0.0003, 0.0003, 6e-05]"),
-    (lambda d: d["train"].__setitem__("lr", 0.001), "[0.00015, 0.0003, 0.0003, 6e-05]"),
-    (lambda d: d["train"].__setitem__("epochs", 5), "[0.00015, 0.0003, 0.0003, 6e-05]"),
+    (lambda d: d["lr_per_epoch"].__setitem__(0, 0.0001), "[0.0001, 0.0003, 6e-05]"),
+    (lambda d: d["train"].__setitem__("lr", 0.001), "[0.0003, 0.0003, 6e-05]"),
+    (lambda d: d["train"].__setitem__("epochs", 5), "[0.0003, 0.0003, 6e-05]"),
     (lambda d: d.__setitem__("lr_per_epoch", "fast"), "'fast'"),
     (lambda d: d.__setitem__("lr_per_epoch", None), "None"),
 ])
@@ -233,8 +234,9 @@ def test_a_run_logs_saves_and_trains_its_schedule(
                      "data.train_limit=8", "--batch-size", "8", "--val-split", "none",
                      "--json", *tiny_set_args())
     assert result.code == 0, result.err
-    expected = [0.00015, 0.0003, 0.0003 * 0.2]  # decay epoch 3 of 4 -> 2 of 3
-    assert "lr schedule: epoch 1 0.00015, epoch 2 0.0003, epoch 3 6e-05" in info_logs.messages
+    expected = [0.0003, 0.0003, 0.0003 * 0.2]  # the preset's 3 epochs: decay epoch 2
+    assert ("lr schedule: rising over the first 400 steps, epochs 1-2 0.0003, epoch 3 6e-05"
+            in info_logs.messages)
     saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert saved["lr_per_epoch"] == pytest.approx(expected)
     assert [m["lr"] for m in read_metrics(run)] == pytest.approx(expected)
@@ -250,6 +252,7 @@ def test_a_run_logs_saves_and_trains_its_schedule(
     assert [m["lr"] for m in read_metrics(run)] == pytest.approx(expected + [6e-05] * 2)
     assert any(re.match(r"train\.epochs 3 -> 5 on resume: the run keeps its saved schedule", m)
                for m in info_logs.messages)
-    assert "lr schedule: epoch 1 0.00015, epoch 2 0.0003, epochs 3-5 6e-05" in info_logs.messages
+    assert ("lr schedule: rising over the first 400 steps, epochs 1-2 0.0003, epochs 3-5 6e-05"
+            in info_logs.messages)
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))[
         "lr_per_epoch"] == pytest.approx(expected + [6e-05] * 2)

@@ -84,6 +84,17 @@ def test_scalars_equal_the_metrics(tb_run: Path) -> None:
     assert events.name.startswith("events.out.tfevents.")
 
 
+def test_warmup_steps_raise_the_lr_step_by_step(vqa2_layout: VQA2Layout, tmp_path: Path) -> None:
+    """train.warmup_steps 4 over two epochs of 3 steps: lr x 1/4, 2/4, 3/4, then the epoch's."""
+    out = tmp_path / "run"
+    result = run_cli_uncaptured(*train_args(vqa2_layout, out, "--set", "train.warmup_steps=4"))
+    assert result.code == 0, result.err
+    metrics = read_metrics(out)
+    factors = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert scalars(out)["train/lr"] == [
+        (s, f32(metrics[s // STEPS_PER_EPOCH]["lr"] * f)) for s, f in enumerate(factors)]
+
+
 def test_loss_points_are_the_steps_losses_per_question(tb_run: Path) -> None:
     """The mean of an epoch's step losses is its loss per question (equal steps of 8)."""
     losses = [v for _, v in scalars(tb_run)["train/loss"]]

@@ -149,8 +149,6 @@ def test_workers_load_the_same_batches(tmp_path: Path, capsys: pytest.CaptureFix
     (["--set", "train.precision=fp16"], {}, ["train.precision must be one of fp32, bf16"]),
     (["--batch-size", "7"], {"WORLD_SIZE": "2"},
      ["train.batch_size 7 must be divisible", "the number of processes (2)"]),
-    (["--set", "train.group_by_image=true"], {"WORLD_SIZE": "2"},
-     ["group_by_image cannot be used with several processes"]),
 ])
 def test_settings_that_cannot_run_are_refused(
         argv: list[str], env: dict[str, str], fragments: list[str], tmp_path: Path,

@@ -34,16 +34,22 @@ def lr_factor(epoch: int, warmup_epochs: int, decay_epochs: Sequence[int], decay
     return decay_rate ** sum(1 for e in decay_epochs if epoch >= e)
 
 
+def warmup_step_factor(step: int, warmup_steps: int) -> float:
+    """Multiplier of an epoch's learning rate at optimizer step `step` (0-based, counted
+    from the start of the run): min(1, (step + 1) / warmup_steps), 1 without a warm-up."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
 def lr_per_epoch(t: TrainConfig) -> list[float]:
     """The learning rate of every epoch of a run, first to last: what training sets."""
     return [t.lr * lr_factor(epoch, t.warmup_epochs, t.decay_epochs, t.decay_rate)
             for epoch in range(t.epochs)]
 
 
-def describe_schedule(lrs: Sequence[float]) -> str:
-    """A schedule (`lr_per_epoch`) in one short line, equal epochs merged (1-based):
-    ``epoch 1 0.00015, epochs 2-3 0.0003, epoch 4 6e-05``."""
-    parts = []
+def describe_schedule(lrs: Sequence[float], warmup_steps: int = 0) -> str:
+    """A schedule (`lr_per_epoch`, ``train.warmup_steps``) in one short line, equal epochs
+    merged (1-based): ``epoch 1 0.00015, epochs 2-3 0.0003, epoch 4 6e-05``."""
+    parts = [f"rising over the first {warmup_steps} steps"] if warmup_steps else []
     for lr, group in itertools.groupby(enumerate(lrs, start=1), key=lambda p: p[1]):
         epochs = [epoch for epoch, _ in group]
         span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
@@ -90,13 +96,19 @@ def follow_epochs(t: TrainConfig, stated: TrainConfig, source: str,
                      name, old, new, source, stated.epochs, t.epochs)
 
 
-def image_passes_per_epoch(questions: int, images: int, pixels: bool, grouped: bool) -> int:
-    """How many times an epoch runs an image through the image encoder: never from a feature
-    store (``pixels`` False), once per image when its questions share a batch
-    (``train.group_by_image``), else once per question."""
+def image_passes_per_epoch(questions_per_image: Sequence[int], pixels: bool, grouped: bool,
+                           group_size: int | None = None) -> int:
+    """How many times an epoch runs an image through the image encoder, given how many
+    questions each training image has: never from a feature store (``pixels`` False), once
+    per group of an image's questions when they share a batch (``train.group_by_image``,
+    groups of at most ``train.image_group_size``: `group_size`), else once per question."""
     if not pixels:
         return 0
-    return images if grouped else questions
+    if not grouped:
+        return sum(questions_per_image)
+    if group_size is None:
+        return len(questions_per_image)
+    return sum(-(-n // group_size) for n in questions_per_image)
 
 
 def epochs_for_samples(t: TrainConfig, questions: int, image_passes: int = 0) -> None:

@@ -150,16 +150,20 @@ class TrainConfig:
     epochs: int = option(13, flag="--epochs", minimum=1, resumable=True,
                          help="epochs to train (clears train.samples)")
     # Train on about this many samples in all, whatever the dataset's size: a sample is a
-    # training question or a pass of an image through the image encoder (once per image and
-    # epoch with group_by_image, else once per question). Epochs become round(samples /
-    # samples per epoch) (at least 1), with the schedule stated for `epochs` rescaled to them
-    # (config/schedule.py). None: train `epochs` epochs. --epochs clears it.
+    # training question or a pass of an image through the image encoder (once per group of
+    # an image's questions and epoch with group_by_image, else once per question). Epochs
+    # become round(samples / samples per epoch) (at least 1), with the schedule stated for
+    # `epochs` rescaled to them (config/schedule.py). None: train `epochs` epochs. --epochs
+    # clears it.
     samples: int | None = option(None, minimum=1, resumable=True)
     batch_size: int = option(64, flag="--batch-size", minimum=1, help="questions per "
                              "optimizer step, over all processes and micro-batches")
     lr: float = option(1e-4, flag="--lr", help="base learning rate")
     warmup_epochs: int = option(3, minimum=0)  # lr = base * min(1, (epoch + 1) / (warmup_epochs + 1))
     decay_epochs: list[int] = field(default_factory=lambda: [10, 12])
+    # A warm-up by optimizer step for runs of a few epochs: the lr also rises linearly over the
+    # first N steps of the run, lr x min(1, (step + 1) / N) (config/schedule.py); 0: none.
+    warmup_steps: int = option(0, minimum=0)
     decay_rate: float = 0.2
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
@@ -194,7 +198,10 @@ class TrainConfig:
                            help="torch.compile the training forward pass (evaluation and "
                            "checkpoints: eager)")
     eval_batch_size: int = option(256, minimum=1, resumable=True)  # per evaluation batch, per process
-    group_by_image: bool = False      # an image's questions in one batch (encoder runs once); 1 process
+    group_by_image: bool = False      # an image's questions in one batch (encoder runs once)
+    # With group_by_image: an image's questions come in groups of at most this many, each
+    # group in a batch (data/batches.py grouped_order); None: all of them in one group.
+    image_group_size: int | None = option(None, minimum=1)
     # Optimizer steps between saves of checkpoints/last within an epoch (counted from its
     # start; every epoch end saves too); 0: epoch ends only. last always holds all that
     # `lrcn train --resume RUN` needs. A paper-size last (0.9 GB) takes seconds to write:

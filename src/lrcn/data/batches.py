@@ -170,26 +170,54 @@ class BatchDataset(Dataset):
         return batch
 
 
-def grouped_order(image_rows: torch.Tensor, generator: torch.Generator) -> list[int]:
-    """A random order of records in which the questions of an image are adjacent.
+def grouped_order(image_rows: torch.Tensor, generator: torch.Generator,
+                  group_size: int | None = None) -> list[int]:
+    """A random order of records in which the questions of an image come in adjacent groups.
 
-    Images come in random order and their questions in random order within each image, so
-    a batch holds the questions of a few images and a trained encoder runs once per image
-    and batch instead of once per question.
+    With `group_size` None an image's questions form one group; else each image's questions,
+    in random order, are cut into groups of `group_size` (its last group maybe smaller).
+    Groups come in random order and their questions in random order within each group, so a
+    batch of B questions holds the questions of about B / `group_size` images and a trained
+    encoder runs once per image and batch instead of once per question. Two or more
+    questions of one image in a batch also show the model the same image with different
+    answers, which is how it learns to compare a question with the image (easy-VQA's
+    yes/no questions); a whole image's questions in a batch of a few images learn worse.
     """
-    num_images = int(image_rows.max()) + 1 if len(image_rows) else 0
-    image_rank = torch.randperm(num_images, generator=generator)
-    key = image_rank[image_rows].double() + torch.rand(len(image_rows), generator=generator,
-                                                       dtype=torch.double) * 0.5
+    n = len(image_rows)
+    num_images = int(image_rows.max()) + 1 if n else 0
+    if group_size is None:  # each image one group
+        group = image_rows
+        group_rank = torch.randperm(num_images, generator=generator)
+        within = torch.rand(n, generator=generator, dtype=torch.double)
+    else:
+        within = torch.rand(n, generator=generator, dtype=torch.double)
+        by_image = torch.argsort(image_rows.double() + within * 0.5)  # image, then random
+        counts = torch.bincount(image_rows, minlength=num_images)
+        first = torch.cumsum(counts, 0) - counts  # position of each image's first question
+        place = torch.empty(n, dtype=torch.long)  # a question's place among its image's
+        place[by_image] = torch.arange(n) - first[image_rows[by_image]]
+        groups_of_image = (counts + group_size - 1) // group_size
+        group = (torch.cumsum(groups_of_image, 0) - groups_of_image)[image_rows] + place // group_size
+        num_groups = int(groups_of_image.sum())
+        group_rank = torch.randperm(num_groups, generator=generator)
+    key = group_rank[group].double() + within * 0.5
     return torch.argsort(key).tolist()
 
 
 class GroupedSampler:
-    """`grouped_order` as a sampler, seeded with seed + epoch (``set_epoch``)."""
+    """`grouped_order` as a sampler, seeded with seed + epoch (``set_epoch``), sharded over
+    `world_size` processes as DistributedSampler shards its order: padded with its own first
+    positions to a multiple of `world_size`, process `rank` takes positions rank,
+    rank + world_size, ... So the b-th batches of all processes together are the b-th batch
+    of one process (the same questions, the same summed gradient); each process then reads
+    the images of its own share."""
 
-    def __init__(self, image_rows: torch.Tensor, seed: int) -> None:
+    def __init__(self, image_rows: torch.Tensor, seed: int, group_size: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.image_rows = image_rows
         self.seed = seed
+        self.group_size = group_size
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -197,10 +225,12 @@ class GroupedSampler:
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(grouped_order(self.image_rows, generator))
+        order = grouped_order(self.image_rows, generator, self.group_size)
+        order += order[:len(self) * self.world_size - len(order)]
+        return iter(order[self.rank::self.world_size])
 
     def __len__(self) -> int:
-        return len(self.image_rows)
+        return -(-len(self.image_rows) // self.world_size)
 
 
 class EpochBatches(BatchSampler):
@@ -252,6 +282,7 @@ def batch_loader(
     seed: int = 0,
     num_workers: int = 0,
     group_by_image: bool = False,
+    image_group_size: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
@@ -260,7 +291,8 @@ def batch_loader(
     and the epoch (`set_epoch`, 0 until then).
 
     The order is DistributedSampler's: ``torch.randperm(N)`` seeded with seed + epoch when
-    shuffled (with `group_by_image`, one process only: `grouped_order`), else 0..N-1. Of
+    shuffled (with `group_by_image`: `grouped_order`, in groups of at most `image_group_size`),
+    else 0..N-1. Of
     `world_size` processes, process `rank` takes positions rank, rank + world_size, ... of it
     in batches of ``batch_size // world_size``, so the b-th batches of all processes together
     are positions b * batch_size to (b + 1) * batch_size of the order: the b-th batch of a
@@ -274,9 +306,7 @@ def batch_loader(
         raise LrcnError(f"a batch of {batch_size} questions cannot be split evenly over "
                         f"{world_size} processes")
     if group_by_image and shuffle:
-        if world_size > 1:
-            raise LrcnError("group_by_image batches cannot be split over several processes")
-        sampler = GroupedSampler(split.image_rows, seed)
+        sampler = GroupedSampler(split.image_rows, seed, image_group_size, rank, world_size)
     else:
         sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank,
                                      shuffle=shuffle, seed=seed)

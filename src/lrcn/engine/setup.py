@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,6 @@ def check_train_config(cfg: RunConfig, resume: bool = False) -> None:
             f"train.batch_size {t.batch_size} must be divisible by train.accumulate "
             f"({t.accumulate}) x the number of processes ({world}): each optimizer step's batch "
             f"is split into {t.accumulate * world} equal micro-batches")
-    if t.group_by_image and world > 1:
-        raise LrcnError("train.group_by_image cannot be used with several processes (torchrun): "
-                        "it keeps an image's questions in one batch, which the processes split")
     device = resolve_device(t.device)
     if t.precision == "bf16" and not bf16_supported(device):
         what = (f"the GPU ({torch.cuda.get_device_name()})" if device.type == "cuda"
@@ -304,10 +302,11 @@ def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
     if not resume:  # a resumed run has its epochs already
         records = data.train.records
         epochs_for_samples(t, len(records), image_passes_per_epoch(
-            len(records), len({r.image_key for r in records}), grouped=t.group_by_image,
+            list(Counter(r.image_key for r in records).values()), grouped=t.group_by_image,
+            group_size=t.image_group_size,
             pixels=model.net.uses_image and cfg.model.image_encoder != "features"))
     lrs = lr_per_epoch(t)  # also in config.yaml (save_config)
-    log.info("lr schedule: %s", describe_schedule(lrs))
+    log.info("lr schedule: %s", describe_schedule(lrs, t.warmup_steps))
     log.info("model %s-%s, %.2f M parameters (image encoder included, word embeddings "
              "excluded)", cfg.model.arch, cfg.model.variant, model.num_parameters() / 1e6)
     if saved is not None:

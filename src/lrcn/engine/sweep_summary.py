@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from lrcn.engine.curves import png_figure
 from lrcn.errors import LrcnError
@@ -185,6 +184,8 @@ def _paired(values: dict[int, float], base: dict[int, float]) -> dict[str, Any]:
     d = a - b
     p_value = None
     if d.size >= 2 and np.ptp(d) > 0:  # equal differences: no spread, t undefined
+        from scipy import stats  # here, not at the top: every lrcn command imports this
+        # module (the parser lists the sweep definitions) and scipy takes ~1 s to import
         p_value = float(stats.ttest_rel(a, b).pvalue)
     return {**_stat(list(d)), "n": int(d.size), "p_value": p_value}
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lrcn.config import RunConfig, TrainConfig, save_config
+from lrcn.config.schedule import warmup_step_factor
 from lrcn.data.batches import batch_loader, set_epoch, shard_length
 from lrcn.data.registry import dataset_metric
 from lrcn.engine import distributed
@@ -136,7 +137,8 @@ def _train_loader(run: Run) -> DataLoader:
     pin_memory = run.device.type == "cuda" if t.pin_memory is None else t.pin_memory
     return batch_loader(run.train_split, len(run.data.answer_vocab), t.batch_size // t.accumulate,
                         shuffle=True, seed=t.seed * 1000, num_workers=t.num_workers,
-                        group_by_image=t.group_by_image, rank=distributed.rank(),
+                        group_by_image=t.group_by_image, image_group_size=t.image_group_size,
+                        rank=distributed.rank(),
                         world_size=distributed.world_size(), pin_memory=pin_memory)
 
 
@@ -177,11 +179,16 @@ def train_one_epoch(run_step: OptimizerStep, loader: DataLoader, t: TrainConfig,
     real = shard_length(len(loader.dataset), rank, world)
     seen = progress.step * t.batch_size // world  # this process's questions already trained
     clock = time.perf_counter() - progress.seconds
-    lr = run_step.optimizer.param_groups[0]["lr"]
+    epoch_lr = run_step.optimizer.param_groups[0]["lr"]
     epoch = f"epoch {progress.epoch + 1}/{t.epochs}"
-    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=_steps_per_epoch(loader, t),
+    steps_per_epoch = _steps_per_epoch(loader, t)
+    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=steps_per_epoch,
                initial=progress.step, leave=False, disable=None if rank == 0 else True)
     for batches in bar:
+        lr = epoch_lr * warmup_step_factor(progress.epoch * steps_per_epoch + progress.step,
+                                           t.warmup_steps)
+        for group in run_step.optimizer.param_groups:
+            group["lr"] = lr
         keep = []
         for batch in batches:
             size = batch["tokens"].shape[0]
