@@ -82,7 +82,7 @@ def test_predict_images_weights_come_from_one_forward(run: Path,
     out = outputs[0]
     for b, (question, p) in enumerate(zip(questions, predictions)):
         grid = torch.tensor(p.image_attention)
-        assert grid.shape == (8, 8)  # the small CNN's grid
+        assert grid.shape == (4, 4)  # the small CNN's 8 x 8 grid, reduced (grid_reduction conv)
         assert grid.sum().item() == pytest.approx(1.0, abs=1e-5)
         assert (grid >= 0).all()
         assert p.question_tokens == tokenize(question)[:max_len]
@@ -247,8 +247,8 @@ def test_cli_predict_attention_map(run: Path, tmp_path: Path,
     assert result.code == 0, result.err
     summary = result.json
     assert summary["attention_map"] == str(out)
-    assert len(summary["image_attention"]) == 8
-    assert all(len(row) == 8 for row in summary["image_attention"])
+    assert len(summary["image_attention"]) == 4  # the CNN's 8 x 8 grid, reduced
+    assert all(len(row) == 4 for row in summary["image_attention"])
     assert summary["question_tokens"] == tokenize(QUESTION)
     assert len(summary["question_attention"]) == len(summary["question_tokens"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

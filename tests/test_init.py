@@ -181,7 +181,7 @@ def test_cli_init_trains_and_resumes(source: Path, tmp_path: Path,
         result = run_cli(capsys, "train", "--init", copy, "--lrm", "sa", "--epochs", "1",
                          "--out", out, "--json")
     assert result.code == 0, result.err
-    assert f"initialised from {copy} (79 tensors)" in caplog.text
+    assert f"initialised from {copy} (81 tensors)" in caplog.text  # 79 + the grid reduction's
     config = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
     assert config["train"]["init"] == str(copy) and config["model"]["lrm"] == "sa"
     cfg = load_config(str(out / "config.yaml"))

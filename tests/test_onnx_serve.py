@@ -64,7 +64,7 @@ def test_serve_answers_as_the_checkpoint_does(pixel_export: Export,
                 [a["score"] for a in want["answers"]], abs=1e-4)
             assert got["question_tokens"] == want["question_tokens"]
             assert got["answerable"] is None and want["answerable"] is None
-            assert len(got["image_attention"]) == 8 and len(got["image_attention"][0]) == 8
+            assert len(got["image_attention"]) == 4 and len(got["image_attention"][0]) == 4
             assert np.allclose(got["image_attention"], want["image_attention"], atol=1e-5)
             assert got["question_attention"] == pytest.approx(want["question_attention"],
                                                               abs=1e-5)

@@ -176,3 +176,21 @@ def test_compare_refuses_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     result = run_cli(capsys, "compare", "--dataset", "easyvqa", "--out", tmp_path / "cmp")
     assert_refused(result, "compare", "run lrcn train under torchrun for each model",
                    absent=(tmp_path / "cmp",))
+
+
+def test_features_read_the_stores_grids_as_they_are(caplog: pytest.LogCaptureFixture) -> None:
+    """The easyvqa preset reduces its small CNN's grid; --features does not reduce a store's
+    grids (region lists cannot be) unless asked, and a paper preset keeps its own reduction."""
+    def config(*argv: str):
+        return train_config(build_parser().parse_args(["train", *argv]))
+
+    with caplog.at_level("INFO", logger="lrcn"):
+        cfg = config("--features", "store")
+    assert (cfg.model.image_encoder, cfg.model.grid_reduction) == ("features", "none")
+    assert "model.grid_reduction conv -> none: easyvqa reduces the grid of its image encoder" \
+        in caplog.text
+    assert config().model.grid_reduction == "conv"  # from pixels: the preset's
+    asked = config("--features", "store", "--set", "model.grid_reduction=avgpool")
+    assert asked.model.grid_reduction == "avgpool"
+    paper = config("--config", "lrcn-ed-sa-6", "--features", "store")
+    assert (paper.model.image_encoder, paper.model.grid_reduction) == ("features", "conv")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import yaml
 
 from lrcn.config import DEVICES, RunConfig, apply_overrides, flag_fields, load_config, preset_names
 from lrcn.errors import LrcnError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_HELP = ("a run folder (its best checkpoint), a checkpoint folder (checkpoints/best, "
                    "last, or one lrcn export --format hf wrote) or a .pt file of an earlier "
@@ -247,6 +250,13 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         del flags["data.val_split"]
         cfg.data.val_split = None
     if features:
+        if cfg.model.image_encoder != "features" and cfg.model.grid_reduction != "none":
+            # The preset reduces its own encoder's grid (easyvqa: the small CNN's 8 x 8); a
+            # store's grids are read as they are unless --set asks for a reduction.
+            log.info("model.grid_reduction %s -> none: %s reduces the grid of its image "
+                     "encoder (%s); --features reads the stores' grids as they are",
+                     cfg.model.grid_reduction, source, cfg.model.image_encoder)
+            cfg.model.grid_reduction = "none"
         cfg.model.image_encoder = "features"
     for key, value in flags.items():
         section, _, name = key.partition(".")
