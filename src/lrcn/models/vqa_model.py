@@ -102,13 +102,14 @@ class VQAModel(nn.Module):
         """Each question's grid (B, ...): precomputed, or each unique image encoded once."""
         if (images is None) == (grid is None):
             raise LrcnError("pass exactly one of images= (pixels) or grid= (precomputed features)")
-        if grid is not None:
-            if image_index is not None:
-                grid = grid[image_index]  # (U, ...) -> (B, ...)
-        else:
+        if images is not None:
             grid = self.encode_images(images)  # (U, h, w, C)
-            if image_index is not None:
-                grid = grid[image_index]  # (B, h, w, C)
+        if image_index is not None:
+            # (U, ...) -> (B, ...). index_select, not grid[image_index]: the backward of
+            # indexing sums an image's gradients in an order that varies between processes
+            # on the CPU when a batch holds an image twice (train.group_by_image), so the same
+            # seed would not give the same weights; index_select's backward adds in order.
+            grid = torch.index_select(grid, 0, image_index)
         if grid.shape[0] != batch:
             raise LrcnError(
                 f"{grid.shape[0]} image grids for {batch} questions; pass image_index (one image "
