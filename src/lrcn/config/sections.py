@@ -198,7 +198,7 @@ class TrainConfig:
                            help="torch.compile the training forward pass (evaluation and "
                            "checkpoints: eager)")
     eval_batch_size: int = option(256, minimum=1, resumable=True)  # per evaluation batch, per process
-    group_by_image: bool = False      # an image's questions in one batch (encoder runs once)
+    group_by_image: bool = False      # an image's questions together in batches (one encoder pass)
     # With group_by_image: an image's questions come in groups of at most this many, each
     # group in a batch (data/batches.py grouped_order); None: all of them in one group.
     image_group_size: int | None = option(None, minimum=1)

@@ -185,7 +185,7 @@ def grouped_order(image_rows: torch.Tensor, generator: torch.Generator,
     """
     n = len(image_rows)
     num_images = int(image_rows.max()) + 1 if n else 0
-    if group_size is None:  # each image one group
+    if group_size is None:  # each image one group, drawn as before image_group_size existed
         group = image_rows
         group_rank = torch.randperm(num_images, generator=generator)
         within = torch.rand(n, generator=generator, dtype=torch.double)
@@ -197,7 +197,8 @@ def grouped_order(image_rows: torch.Tensor, generator: torch.Generator,
         place = torch.empty(n, dtype=torch.long)  # a question's place among its image's
         place[by_image] = torch.arange(n) - first[image_rows[by_image]]
         groups_of_image = (counts + group_size - 1) // group_size
-        group = (torch.cumsum(groups_of_image, 0) - groups_of_image)[image_rows] + place // group_size
+        first_group = torch.cumsum(groups_of_image, 0) - groups_of_image  # of each image
+        group = first_group[image_rows] + place // group_size
         num_groups = int(groups_of_image.sum())
         group_rank = torch.randperm(num_groups, generator=generator)
     key = group_rank[group].double() + within * 0.5

@@ -181,21 +181,21 @@ def train_one_epoch(run_step: OptimizerStep, loader: DataLoader, t: TrainConfig,
     clock = time.perf_counter() - progress.seconds
     epoch_lr = run_step.optimizer.param_groups[0]["lr"]
     epoch = f"epoch {progress.epoch + 1}/{t.epochs}"
-    steps_per_epoch = _steps_per_epoch(loader, t)
-    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=steps_per_epoch,
+    bar = tqdm(_steps(loader, t.accumulate), desc=epoch, total=_steps_per_epoch(loader, t),
                initial=progress.step, leave=False, disable=None if rank == 0 else True)
     for batches in bar:
-        lr = epoch_lr * warmup_step_factor(progress.epoch * steps_per_epoch + progress.step,
-                                           t.warmup_steps)
-        for group in run_step.optimizer.param_groups:
-            group["lr"] = lr
+        global_step = tb.global_step(progress.epoch, progress.step)
+        lr = epoch_lr * warmup_step_factor(global_step, t.warmup_steps)
+        if global_step < t.warmup_steps:  # after the warm-up the epoch's lr stands
+            for group in run_step.optimizer.param_groups:
+                group["lr"] = lr
         keep = []
         for batch in batches:
             size = batch["tokens"].shape[0]
             keep.append(min(size, max(0, real - seen)))  # the rest pads this process's last batch
             seen += size
         loss, stepped = run_step(batches, keep)
-        tb.step(tb.global_step(progress.epoch, progress.step), loss / max(sum(keep), 1), lr)
+        tb.step(global_step, loss / max(sum(keep), 1), lr)
         progress.step += 1
         progress.seconds = time.perf_counter() - clock
         if stepped:
