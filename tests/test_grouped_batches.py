@@ -1,4 +1,5 @@
-"""Batches that share images: `grouped_order` and `train.image_group_size`."""
+"""How batches are made: images shared by their questions (`grouped_order`,
+`train.image_group_size`), each image read once, tokens trimmed to the longest question."""
 
 from __future__ import annotations
 
@@ -92,3 +93,21 @@ def test_batches_read_each_image_once(group_size, most_images):
             assert passes <= per_epoch
         orders.append(rows)
     assert orders[0] != orders[1]  # each epoch its own order
+
+
+def test_batches_keep_the_columns_of_their_longest_question():
+    """Tokens come trimmed to the longest question of each batch, each row unchanged."""
+    split = _pixel_split([4, 4, 4, 4])
+    lengths = torch.tensor([1, 2, 3, 4, 1, 1, 1, 1, 2, 2, 2, 2, 5, 1, 1, 1])
+    split.tokens = torch.zeros(16, 7, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        split.tokens[row, :n] = torch.arange(2, 2 + n)
+    loader = batch_loader(split, 1, batch_size=4, shuffle=False)
+    widths = []
+    for batch in loader:
+        rows = batch["rows"]
+        widths.append(batch["tokens"].shape[1])
+        assert widths[-1] == int(lengths[rows].max())
+        assert torch.equal(batch["tokens"], split.tokens[rows, :widths[-1]])
+        assert not split.tokens[rows, widths[-1]:].any()  # only pads were left out
+    assert widths == [4, 1, 2, 5]

@@ -99,7 +99,9 @@ def test_pads_and_masked_regions_do_not_change_output(variant: str, reduction: s
         net.embed.weight[0] = torch.randn(16) * 10
         grid[~mask] = torch.randn(int((~mask).sum()), CHANNELS) * 10
         after = net(tokens, grid, mask)  # (B, H, W) masks are accepted too
+        wider = net(torch.nn.functional.pad(tokens, (0, 3)), grid, mask)  # more pad columns
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(wider, before, atol=1e-6, rtol=0)
 
 
 def test_fully_masked_rows_give_no_nan() -> None:

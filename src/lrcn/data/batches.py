@@ -19,7 +19,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets
 from lrcn.data.images import ImageTable
 from lrcn.data.records import VQARecord, VQASplit
-from lrcn.data.text import WordVocab
+from lrcn.data.text import PAD_INDEX, WordVocab
 from lrcn.errors import LrcnError
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,12 @@ class BatchDataset(Dataset):
         rows_t = torch.as_tensor(rows, dtype=torch.long)
         image_rows = s.image_rows[rows_t]
         unique, inverse = torch.unique(image_rows, return_inverse=True)
-        batch = {"rows": rows_t, "tokens": s.tokens[rows_t], "image_index": inverse}
+        tokens = s.tokens[rows_t]  # (B, T), right-padded
+        # The batch's longest question bounds the columns: the pads past it change no output
+        # (they are masked keys, and the question LSTMs read left to right or packed) but
+        # cost every layer time. Most questions are far shorter than T (easy-VQA 4-9 of 14).
+        width = int((tokens != PAD_INDEX).sum(1).max().clamp(min=1))
+        batch = {"rows": rows_t, "tokens": tokens[:, :width], "image_index": inverse}
         if s.grids is not None:
             batch["grid"], mask = s.grids.read(unique)
             if mask is not None:
