@@ -80,13 +80,14 @@ from lrcn.config import RunConfig, apply_overrides, load_config
 from lrcn.data.images import normalize
 from lrcn.data.pipeline import model_inputs
 from lrcn.engine import distributed
-from lrcn.engine.feature_extraction import TRUNK_STRIDE, extract_features
+from lrcn.engine.feature_extraction import extract_features
 from lrcn.engine.inference import resolve_device
 from lrcn.engine.setup import bf16_supported
 from lrcn.engine.step import OptimizerStep, autocast, make_optimizer, training_step
 from lrcn.errors import LrcnError
 from lrcn.models import TorchvisionTrunk, VQAModel, create_model
 from lrcn.models.detectron2_trunk import Detectron2Trunk
+from lrcn.models.image_encoders import TRUNK_STRIDES
 
 PRESETS = {"ed": "lrcn-ed-sa-6", "cst": "lrcn-cst-sa-6"}
 TRAIN_SETTINGS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+compile": ("bf16", True)}
@@ -618,7 +619,7 @@ class Check:
                 times.append(time.perf_counter() - start)
         return {"images_per_s": rounded(plan.trunk_batch / statistics.median(times), 1),
                 "backbone": plan.backbone, "image_size": plan.image_size,
-                "grid": plan.image_size // TRUNK_STRIDE, "batch": plan.trunk_batch,
+                "grid": plan.image_size // TRUNK_STRIDES["layer4"], "batch": plan.trunk_batch,
                 "batches": len(times)}
 
     def extract(self, backbone: str) -> dict[str, Any]:

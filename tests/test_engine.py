@@ -393,7 +393,11 @@ def test_training_is_reproducible(vqa2_layout: VQA2Layout, tmp_path: Path) -> No
 
     # The learning rate follows the schedule (the default preset warms up for one epoch).
     cfg = load_config(str(runs["a"] / "config.yaml"))
-    assert cfg == _tiny_run_config(vqa2_layout, 3)
+    stated = _tiny_run_config(vqa2_layout, 3)
+    # own-data's max_question_tokens null became the longest training question, 5 words
+    assert stated.data.max_question_tokens is None and cfg.data.max_question_tokens == 5
+    stated.data.max_question_tokens = 5
+    assert cfg == stated
     factors = [lr_factor(e, cfg.train.warmup_epochs, cfg.train.decay_epochs,
                          cfg.train.decay_rate) for e in range(2)]
     assert [m["lr"] for m in a] == pytest.approx([cfg.train.lr * f for f in factors])

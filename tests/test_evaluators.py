@@ -294,5 +294,5 @@ def test_build_evaluator() -> None:
         DatasetEvaluator([])  # type: ignore[abstract]
     assert type(build_evaluator("vqa", [])) is VQAEvaluator
     assert type(build_evaluator("vizwiz", [])) is VizWizEvaluator
-    with pytest.raises(LrcnError, match=r"unknown metric 'coco'; known: vizwiz, vqa$"):
+    with pytest.raises(LrcnError, match=r"unknown metric 'coco'; known: clevr, vizwiz, vqa$"):
         build_evaluator("coco", [])

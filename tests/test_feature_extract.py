@@ -1,7 +1,8 @@
-"""``lrcn features extract``: C5 grids of a frozen trunk, weights, refusals, and resuming.
+"""``lrcn features extract``: C5 (or conv4) grids of a frozen trunk, weights, refusals, resuming.
 
-A random-weight resnet50 on 64x64 images gives a 2x2 grid of 2048 channels and keeps every
-run to a second or two of CPU. The resume test kills a real ``python -m lrcn`` process.
+A random-weight resnet50 on 64x64 images gives a 2x2 grid of 2048 channels (layer3: 4x4 of
+1024) and keeps every run to a second or two of CPU. The resume test kills a real
+``python -m lrcn`` process.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lrcn.errors import LrcnError
 from lrcn.engine.feature_extraction import extract_features
 from lrcn.features import FeatureStore
 from lrcn.features.store import partial_path
+from lrcn.models.image_encoders import TorchvisionTrunk
 
 KEYS = ["train2014/COCO_train2014_000000000009.jpg", "train2014/COCO_train2014_000000000025.jpg",
         "val2014/COCO_val2014_000000000042.png"]
@@ -69,6 +71,7 @@ def test_random_weights_give_a_2x2_grid_per_image(images: Path, tmp_path: Path, 
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["count"], summary["item_shape"], summary["dtype"]) == (3, [2, 2, 2048], "float16")
     assert summary["source"]["random_weights"] is True
+    assert summary["source"]["layer"] == "layer4"  # the default: C5
 
     store = FeatureStore.open(tmp_path / "s")
     assert store.keys == KEYS and store.layout == "grid" and not store.has_mask
@@ -99,6 +102,65 @@ def test_weights_file_gives_the_models_own_features(images: Path, tmp_path: Path
         expected = trunk(normalize(pixels)).permute(0, 2, 3, 1)  # (B, 2, 2, 2048)
     got, _ = store.read(np.arange(3))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet101_layer3_at_224_gives_clevrs_14x14x1024_grids(images: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    code, out, err = run_cli(capsys, "features", "extract", "--images", images, "--backbone",
+                             "resnet101", "--layer", "layer3", "--image-size", 224,
+                             "--random-weights", "--out", tmp_path / "s", "--json")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["item_shape"] == [14, 14, 1024]
+    assert (summary["source"]["backbone"], summary["source"]["layer"],
+            summary["source"]["image_size"]) == ("resnet101", "layer3", 224)
+    grids, _ = FeatureStore.open(tmp_path / "s").read(np.arange(3))
+    assert grids.shape == (3, 14, 14, 1024) and torch.isfinite(grids).all()
+
+
+def test_layer3_loads_a_classification_state_dict(images: Path, tmp_path: Path, capsys) -> None:
+    import torchvision
+
+    torch.manual_seed(1)
+    net = torchvision.models.resnet50(weights=None).eval()
+    state = net.state_dict()
+    torch.save(state, tmp_path / "resnet50.pth")  # fc.* and layer4.* included
+    code, _, err = run_cli(capsys, *extract_args(images, tmp_path / "s", "--layer", "layer3",
+                                                 "--weights", tmp_path / "resnet50.pth",
+                                                 "--dtype", "float32"))
+    assert code == 0, err
+    store = FeatureStore.open(tmp_path / "s")
+    assert store.item_shape == (4, 4, 1024) and store.source["layer"] == "layer3"
+    pixels = ImageTable([images / k for k in KEYS], 64, cache=False).pixels(torch.arange(3))
+    trunk = torch.nn.Sequential(*list(net.children())[:-3])  # up to layer3: conv4
+    with torch.no_grad():
+        expected = trunk(normalize(pixels)).permute(0, 2, 3, 1)  # (B, 4, 4, 1024)
+    got, _ = store.read(np.arange(3))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+    # layer3 needs nothing after it; a tensor it needs is still required, and named.
+    conv4 = {k: v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
+    torch.save(conv4, tmp_path / "conv4.pth")
+    assert TorchvisionTrunk("resnet50", tmp_path / "conv4.pth", layer="layer3").out_channels == 1024
+    with pytest.raises(LrcnError, match=r"conv4.pth.*missing trunk keys layer4\.0\."):
+        TorchvisionTrunk("resnet50", tmp_path / "conv4.pth")
+    del conv4["layer3.5.bn3.running_var"]
+    torch.save(conv4, tmp_path / "broken.pth")
+    with pytest.raises(LrcnError, match=r"broken.pth.*missing trunk keys layer3.5.bn3.running_var$"):
+        TorchvisionTrunk("resnet50", tmp_path / "broken.pth", layer="layer3")
+
+
+def test_layer_refusals(images: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s"
+    code, _, err = run_cli(capsys, "features", "extract", "--images", images, "--backbone", "x152",
+                           "--layer", "layer3", "--random-weights", "--out", out)
+    assert code == 2 and "--layer is for torchvision trunks" in err
+    code, _, err = run_cli(capsys, *extract_args(images, out, "--random-weights", "--layer",
+                                                 "layer3", "--image-size", 40))
+    assert code == 2 and "multiple of 16 (the stride of layer3)" in err
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        main([str(a) for a in extract_args(images, out, "--random-weights", "--layer", "layer2")])
+    assert not out.exists() and not partial_path(out).exists()
 
 
 def test_refusals_leave_nothing(images: Path, tmp_path: Path, capsys) -> None:
@@ -132,6 +194,38 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- resuming
+
+def test_resuming_with_another_layer_is_refused(tmp_path: Path, capsys) -> None:
+    write_images(tmp_path / "img", KEYS[:2])
+    (tmp_path / "img" / "zz_broken.jpg").write_bytes(b"not a jpeg")  # sorted last: batch 2
+    out = tmp_path / "s"
+    code, _, err = run_cli(capsys, *extract_args(tmp_path / "img", out, "--random-weights",
+                                                 "--layer", "layer3"))
+    assert code == 2 and "cannot read image" in err
+    progress = partial_path(out) / "progress.json"
+    assert json.loads(progress.read_text())["rows_done"] == 2
+    code, _, err = run_cli(capsys, *extract_args(tmp_path / "img", out, "--random-weights"))
+    assert code == 2 and "layer: 'layer3' there, 'layer4' now" in err
+    assert json.loads(progress.read_text())["rows_done"] == 2 and not out.exists()
+
+
+def test_an_extraction_from_before_layer_resumes_as_layer4(tmp_path: Path, capsys) -> None:
+    """Its recorded settings have no layer: they were C5's (layer4)."""
+    write_images(tmp_path / "img", KEYS[:2])
+    broken = tmp_path / "img" / "zz_broken.jpg"
+    broken.write_bytes(b"not a jpeg")  # sorted last: batch 2
+    out = tmp_path / "s"
+    code, _, err = run_cli(capsys, *extract_args(tmp_path / "img", out, "--random-weights"))
+    assert code == 2 and "cannot read image" in err
+    progress = partial_path(out) / "progress.json"
+    saved = json.loads(progress.read_text())
+    del saved["settings"]["layer"]  # as an earlier version wrote it
+    progress.write_text(json.dumps(saved))
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(broken, "JPEG")
+    code, _, err = run_cli(capsys, *extract_args(tmp_path / "img", out, "--random-weights"))
+    assert code == 0, err
+    assert len(FeatureStore(out)) == 3
+
 
 def _command(images: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "lrcn", "features", "extract", "--images", str(images),

@@ -131,11 +131,11 @@ def record_name(key: str | None, index: int) -> str:
     return f"record {index}" if key is None else f"{key}[{index}]"
 
 
-def describe_record(entry: Any, key: str | None, index: int) -> str:
-    """The record's name plus its question_id when it has one, for messages."""
+def describe_record(entry: Any, key: str | None, index: int, id_key: str = "question_id") -> str:
+    """The record's name plus its id (``id_key``) when it has one, for messages."""
     name = record_name(key, index)
-    if isinstance(entry, dict) and entry.get("question_id") is not None:
-        name += f" (question_id {short_repr(entry['question_id'])})"
+    if isinstance(entry, dict) and entry.get(id_key) is not None:
+        name += f" ({id_key} {short_repr(entry[id_key])})"
     return name
 
 
@@ -165,18 +165,19 @@ def check_record(
 
 
 def iter_unique_records(
-    path: str | os.PathLike[str], key: str | None, what: str, required: Mapping[str, type]
+    path: str | os.PathLike[str], key: str | None, what: str, required: Mapping[str, type],
+    id_key: str = "question_id",
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Load a file and yield (name, record) for each record, checked for ``required`` keys
-    and for a ``question_id`` (which ``required`` must include) not seen before."""
+    and for an id (``id_key``, which ``required`` must include) not seen before."""
     first_index: dict[Any, int] = {}
     for i, entry in enumerate(read_record_list(path, key, what)):
-        where = describe_record(entry, key, i)
+        where = describe_record(entry, key, i, id_key)
         check_record(path, entry, where, required)
-        qid = entry["question_id"]
+        qid = entry[id_key]
         if qid in first_index:
             raise LrcnError(
-                f"{Path(path)}: {where}: duplicate question_id {qid} "
+                f"{Path(path)}: {where}: duplicate {id_key} {qid} "
                 f"(first at {record_name(key, first_index[qid])})"
             )
         first_index[qid] = i

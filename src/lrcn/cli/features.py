@@ -26,7 +26,7 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
         MAX_SIZE_TEST,
         MIN_SIZE_TEST,
     )
-    from lrcn.models.image_encoders import TRUNK_NAMES
+    from lrcn.models.image_encoders import TRUNK_LAYERS, TRUNK_NAMES
 
     p = sub.add_parser("features", help="build and check grid-feature stores",
                        description="Pack image features into one memory-mapped store.")
@@ -45,7 +45,8 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
                         "does with the zero rows it pads region lists with")
     a.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
-    a = actions.add_parser("extract", help="extract C5 grids of a frozen trunk from images")
+    a = actions.add_parser("extract", help="extract C5 (or conv4) grids of a frozen trunk "
+                                           "from images")
     a.add_argument("--images", required=True, help="image folder (.jpg/.jpeg/.png, recursive)")
     a.add_argument("--backbone", required=True,
                    help=f"torchvision trunk: {', '.join(TRUNK_NAMES)}; or "
@@ -56,8 +57,13 @@ def add_features_parser(sub: argparse._SubParsersAction) -> None:
                                      "x152 grid-feats-vqa's detectron2 checkpoint (X-152.pth)")
     a.add_argument("--out", required=True, help="store folder to create (must not exist)")
     a.add_argument("--image-size", type=int, default=None,
-                   help="torchvision trunks: images are resized to N x N; the grid is N/32 x "
-                        "N/32 (default 512)")
+                   help="torchvision trunks: images are resized to N x N; the grid is N/S x "
+                        "N/S, S the stride of --layer (default 512)")
+    a.add_argument("--layer", choices=TRUNK_LAYERS, default=None,
+                   help="torchvision trunks: the stage whose output is the grid: layer4 (C5, "
+                        "stride 32, 2048 channels; the default) or layer3 (conv4, stride 16, "
+                        "1024 channels; with resnet101 and --image-size 224, CLEVR's standard "
+                        "14 x 14 x 1024 features)")
     a.add_argument("--grid", type=int, choices=GRID_SIZES, default=None,
                    help=f"x152 only: each image is resized as grid-feats-vqa does (shortest "
                         f"side {MIN_SIZE_TEST}, longest at most {MAX_SIZE_TEST}, aspect ratio "
@@ -94,7 +100,7 @@ def run_features(args: argparse.Namespace) -> dict[str, Any]:
 
         store = extract_features(args.images, args.backbone, args.weights, args.out,
                                  args.image_size, args.batch_size, args.random_weights,
-                                 args.device, args.dtype, grid=args.grid)
+                                 args.device, args.dtype, grid=args.grid, layer=args.layer)
     else:
         store = FeatureStore.open(args.store)
         if action == "verify":

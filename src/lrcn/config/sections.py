@@ -76,7 +76,10 @@ class DataConfig:
                                  "import/extract); sets model.image_encoder: features")
     train_limit: int | None = option(None, minimum=1)  # only the first N training questions
     val_limit: int | None = option(None, minimum=1)    # only the first N validation questions
-    max_question_tokens: int = option(14, minimum=1)   # m in the paper: truncated/padded to this
+    # m in the paper: questions are truncated/padded to this many words; None: to the longest
+    # training question (openvqa's rule for CLEVR), fixed when a run starts and kept in its
+    # config. Batches are trimmed to their longest question, so a loose bound costs nothing.
+    max_question_tokens: int | None = option(14, minimum=1)
     min_word_count: int = option(1, minimum=1)  # words seen fewer times in training -> <unk>
     # The question words and their indices: train (the training questions' words seen at
     # least min_word_count times, most frequent first), or openvqa / mcan-vqa (that code

@@ -1,11 +1,12 @@
 """Datasets as plain records, and the vocabularies that turn them into tensors.
 
 Importing a reader module registers its dataset (``lrcn.data.registry``): the readers of
-published datasets (easyvqa, vqa2, vizwiz) and the generated datasets, whose readers sit
+published datasets (easyvqa, vqa2, vizwiz, clevr) and the generated datasets, whose readers sit
 beside their generators (``lrcn.data.generators``: easy-vizwiz, relational-shapes).
 """
 
 from lrcn.data.answers import AnswerVocab, dense_targets, encode_targets, training_answer
+from lrcn.data.clevr import read_clevr
 from lrcn.data.easyvqa import read_easyvqa
 from lrcn.data.generators.easy_vizwiz import (
     EASY_VIZWIZ, build_easy_vizwiz, default_easy_vizwiz_root, ensure_easy_vizwiz,
@@ -44,6 +45,7 @@ __all__ = [
     "generated_names",
     "load_glove",
     "load_split",
+    "read_clevr",
     "read_easyvqa",
     "read_vizwiz",
     "read_vqa2",

@@ -40,7 +40,7 @@ def register_dataset(
     """Decorator that registers a reader ``(root, split) -> VQASplit`` under ``name``.
 
     ``train_split`` and ``val_split`` are the splits a run uses when none are given;
-    ``metric`` is the official evaluator that scores it (``vqa`` or ``vizwiz``);
+    ``metric`` is the official evaluator that scores it (``vqa``, ``vizwiz`` or ``clevr``);
     ``generated``, for a dataset lrcn writes itself, is what builds it.
     """
 
@@ -73,7 +73,7 @@ def default_splits(name: str) -> tuple[str, str]:
 
 
 def dataset_metric(name: str) -> str:
-    """The evaluator that scores dataset `name`: ``vqa`` or ``vizwiz``."""
+    """The evaluator that scores dataset `name`: ``vqa``, ``vizwiz`` or ``clevr``."""
     default_splits(name)  # unknown names fail with the list of known ones
     return _METRICS[name]
 

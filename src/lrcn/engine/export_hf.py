@@ -22,6 +22,7 @@ from lrcn.data.registry import dataset_metric
 from lrcn.engine.checkpoint import Checkpoint, resolve_checkpoint, write_checkpoint_files
 from lrcn.engine.inference import load_model
 from lrcn.errors import LrcnError
+from lrcn.evaluation import EVALUATORS
 from lrcn.fileio import building_folder
 from lrcn.models import VQAModel
 
@@ -148,7 +149,7 @@ def _short_name(cfg: RunConfig) -> str:
 
 def _accuracy_name(dataset: str) -> str:
     try:
-        return "VizWiz accuracy" if dataset_metric(dataset) == "vizwiz" else "VQA accuracy"
+        return EVALUATORS[dataset_metric(dataset)].accuracy_name
     except LrcnError:  # a dataset this lrcn does not know
         return "accuracy"
 

@@ -1,8 +1,10 @@
-"""Grid features from the user's own images: the C5 grid of a frozen trunk.
+"""Grid features from the user's own images: the C5 (or conv4) grid of a frozen trunk.
 
 Torchvision trunks: each image is resized to S x S, ImageNet-normalised and run through the
-trunk up to layer4, giving (S/32) x (S/32) cells of 2048 channels (S = 512 -> 16 x 16, the
-grid the paper feeds to its 2x2 stride-2 convolution).
+trunk up to ``layer4``, giving (S/32) x (S/32) cells of 2048 channels (S = 512 -> 16 x 16, the
+grid the paper feeds to its 2x2 stride-2 convolution), or up to ``layer3``, giving
+(S/16) x (S/16) cells of 1024 channels (a ResNet-101 at S = 224 -> 14 x 14 x 1024: CLEVR's
+standard features, as openvqa's and FiLM's extraction scripts make them).
 
 ``x152`` (grid-feats-vqa's X-152, `lrcn.models.detectron2_trunk`): each image is prepared as
 detectron2 does (shortest side 600, longest at most 1000, aspect ratio kept; BGR minus the
@@ -42,16 +44,21 @@ from lrcn.models.detectron2_trunk import (
     Detectron2Trunk,
     preprocess,
 )
-from lrcn.models.image_encoders import TRUNK_NAMES, GridEncoder, TorchvisionTrunk
+from lrcn.models.image_encoders import (
+    TRUNK_LAYERS,
+    TRUNK_NAMES,
+    TRUNK_STRIDES,
+    GridEncoder,
+    TorchvisionTrunk,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-TRUNK_STRIDE = 32  # C5 cells per image side = image_size / 32
-TRUNK_CHANNELS = 2048
 RANDOM_SEED = 0  # random weights are seeded, so a resumed run matches an uninterrupted one
 BACKBONES = TRUNK_NAMES + DETECTRON2_TRUNK_NAMES
 DEFAULT_IMAGE_SIZE = 512  # torchvision trunks
+DEFAULT_LAYER = "layer4"  # torchvision trunks: C5
 DEFAULT_GRID = GRID_SIZES[0]  # x152: 16 x 16
 
 
@@ -64,11 +71,12 @@ def find_images(images_dir: Path) -> list[tuple[str, Path]]:
 
 def _settings(keys: list[str], backbone: str, weights: Path | None, random_weights: bool,
               image_size: int | None, batch_size: int, dtype: str, device: str,
-              grid: int | None = None, resize: tuple[int, int] | None = None) -> dict[str, Any]:
+              grid: int | None = None, resize: tuple[int, int] | None = None,
+              layer: str | None = None) -> dict[str, Any]:
     """Everything that decides the bytes of the store; a resumed run must match it exactly.
 
-    `image_size` is a torchvision trunk's, `grid` and `resize` (shortest, longest) x152's; the
-    others' are None.
+    `image_size` and `layer` are a torchvision trunk's, `grid` and `resize` (shortest,
+    longest) x152's; the others' are None.
     """
     return {
         "count": len(keys),
@@ -79,6 +87,7 @@ def _settings(keys: list[str], backbone: str, weights: Path | None, random_weigh
         "weights_sha256": None if weights is None else sha256_file(weights),
         "random_weights": random_weights,
         "image_size": image_size,
+        "layer": layer,
         "batch_size": batch_size,
         "dtype": dtype,
         "device": device,
@@ -98,6 +107,8 @@ def _resume_point(partial: Path, settings: dict[str, Any]) -> int:
                         "extraction that can be continued; delete it and run again") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LrcnError(f"{progress_path}: unreadable ({exc}); delete {partial} and run again") from None
+    if "layer" not in old and old.get("image_size") is not None:
+        old["layer"] = DEFAULT_LAYER  # a torchvision extraction from before --layer: C5
     differ = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
               for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if differ:
@@ -117,7 +128,7 @@ def _write_progress(partial: Path, rows_done: int, settings: dict[str, Any]) -> 
 
 
 def _build_trunk(backbone: str, weights: Path | None, random_weights: bool,
-                 device: torch.device) -> GridEncoder:
+                 device: torch.device, layer: str | None) -> GridEncoder:
     if random_weights:
         message = (f"extracting with RANDOM {backbone} weights (--random-weights): the features "
                    "are noise, fit only for tests")
@@ -128,7 +139,9 @@ def _build_trunk(backbone: str, weights: Path | None, random_weights: bool,
         if backbone in DETECTRON2_TRUNK_NAMES:
             trunk: GridEncoder = Detectron2Trunk(weights, random_weights=random_weights)
         else:
-            trunk = TorchvisionTrunk(backbone, weights, freeze=True, random_weights=random_weights)
+            assert layer is not None
+            trunk = TorchvisionTrunk(backbone, weights, freeze=True,
+                                     random_weights=random_weights, layer=layer)
     return trunk.to(device)
 
 
@@ -144,19 +157,21 @@ def extract_features(
     dtype: str = "float16",
     grid: int | None = None,
     resize: tuple[int, int] | None = None,
+    layer: str | None = None,
 ) -> FeatureStore:
-    """Extract the C5 grid of every image under `images_dir` into a new store at `out`.
+    """Extract the C5 (or conv4) grid of every image under `images_dir` into a new store at `out`.
 
     Keys are the images' paths relative to `images_dir`. If ``out``.partial holds an
     interrupted extraction with the same settings, it is continued; with other settings it
     is an error. Nothing exists at `out` until the store is complete.
 
-    Torchvision trunks take `image_size` (default 512): images are resized to S x S and the
-    grid is S/32 x S/32. ``x152`` takes `grid` (16 or 8, default 16): the G x G average pool
-    of its res5 grid, each image resized as grid-feats-vqa does; `resize` (shortest, longest),
-    default (600, 1000), is for tests that cannot afford 600-pixel images on a CPU. On the
-    x152 path the trunk runs one image at a time and `batch_size` is only the number of rows
-    written, and recorded as done, together.
+    Torchvision trunks take `image_size` (default 512) and `layer` (default ``layer4``):
+    images are resized to S x S and the grid is layer4's S/32 x S/32 (2048 channels for
+    ResNet-50 and deeper) or layer3's S/16 x S/16 (1024 channels). ``x152`` takes `grid` (16
+    or 8, default 16): the G x G average pool of its res5 grid, each image resized as
+    grid-feats-vqa does; `resize` (shortest, longest), default (600, 1000), is for tests that
+    cannot afford 600-pixel images on a CPU. On the x152 path the trunk runs one image at a
+    time and `batch_size` is only the number of rows written, and recorded as done, together.
     """
     images_dir, out = Path(images_dir), Path(out)
     if backbone not in BACKBONES:
@@ -167,6 +182,9 @@ def extract_features(
             raise LrcnError(f"--image-size is for torchvision trunks: {backbone} resizes each "
                             f"image as grid-feats-vqa does (shortest side {MIN_SIZE_TEST}, "
                             f"longest at most {MAX_SIZE_TEST}) and pools its grid to --grid")
+        if layer is not None:
+            raise LrcnError(f"--layer is for torchvision trunks: {backbone} gives its res5 "
+                            "grid (layer4), pooled to --grid")
         grid = DEFAULT_GRID if grid is None else grid
         if grid not in GRID_SIZES:
             raise LrcnError(f"--grid must be one of {', '.join(map(str, GRID_SIZES))}, got {grid}")
@@ -178,10 +196,15 @@ def extract_features(
     else:
         if grid is not None or resize is not None:
             raise LrcnError(f"--grid (and resize) are for {', '.join(DETECTRON2_TRUNK_NAMES)}: "
-                            "a torchvision trunk's grid is --image-size / 32")
+                            "a torchvision trunk's grid is --image-size / its --layer's stride")
+        layer = DEFAULT_LAYER if layer is None else layer
+        if layer not in TRUNK_LAYERS:
+            raise LrcnError(f"--layer must be one of {', '.join(TRUNK_LAYERS)}, got {layer!r}")
+        stride = TRUNK_STRIDES[layer]
         image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-        if image_size < TRUNK_STRIDE or image_size % TRUNK_STRIDE:
-            raise LrcnError(f"--image-size must be a positive multiple of {TRUNK_STRIDE}, got {image_size}")
+        if image_size < stride or image_size % stride:
+            raise LrcnError(f"--image-size must be a positive multiple of {stride} (the stride "
+                            f"of {layer}), got {image_size}")
     if batch_size < 1:
         raise LrcnError(f"--batch-size must be at least 1, got {batch_size}")
     if dtype not in DTYPES:
@@ -209,11 +232,11 @@ def extract_features(
     count = len(keys)
 
     settings = _settings(keys, backbone, weights, random_weights, image_size, batch_size,
-                         dtype, device, grid, resize)
+                         dtype, device, grid, resize, layer)
     partial = partial_path(out)
     resume = partial.exists()
     done = _resume_point(partial, settings) if resume else 0
-    trunk = _build_trunk(backbone, weights, random_weights, torch.device(device))
+    trunk = _build_trunk(backbone, weights, random_weights, torch.device(device), layer)
 
     source: dict[str, Any] = {
         "backbone": backbone, "weights": settings["weights"],
@@ -224,12 +247,13 @@ def extract_features(
         source.update({"resize": list(resize), "grid": grid, "images": str(images_dir.resolve()),
                        "normalization": "detectron2-bgr", "device": device})
     else:
-        assert image_size is not None
-        cells = image_size // TRUNK_STRIDE
-        source.update({"image_size": image_size, "images": str(images_dir.resolve()),
-                       "normalization": "imagenet", "device": device})
-    writer = StoreWriter(out, count, (cells, cells, TRUNK_CHANNELS), dtype, "grid", False, keys,
-                         source, resume=resume)
+        assert image_size is not None and layer is not None
+        cells = image_size // TRUNK_STRIDES[layer]
+        source.update({"layer": layer, "image_size": image_size,
+                       "images": str(images_dir.resolve()), "normalization": "imagenet",
+                       "device": device})
+    writer = StoreWriter(out, count, (cells, cells, trunk.out_channels), dtype, "grid", False,
+                         keys, source, resume=resume)
     if resume:
         log.info("%s: continuing after %d of %d images", partial, done, count)
     else:
@@ -255,7 +279,7 @@ def extract_features(
             return table.pixels(torch.arange(start, min(start + batch_size, count)))
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:
-            return trunk(normalize(pixels.to(device)))  # (B, cells, cells, 2048)
+            return trunk(normalize(pixels.to(device)))  # (B, cells, cells, C)
 
     try:
         bar = tqdm(total=count, initial=done, desc=f"{backbone} features", unit="img",

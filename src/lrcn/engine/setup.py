@@ -25,7 +25,9 @@ from lrcn.config import DataConfig, ModelConfig, RunConfig
 from lrcn.config.schedule import (
     describe_schedule, epochs_for_samples, image_passes_per_epoch, lr_per_epoch,
 )
-from lrcn.data import AnswerVocab, WordVocab, check_images, load_split, training_answer
+from lrcn.data import (
+    AnswerVocab, WordVocab, check_images, load_split, tokenize, training_answer,
+)
 from lrcn.data.batches import EncodedSplit
 from lrcn.data.glove import cached_glove
 from lrcn.data.images import find_unreadable
@@ -297,6 +299,10 @@ def setup_run(cfg: RunConfig, out_dir: Path, resume: bool = False) -> Run:
     data = prepare_data(cfg, glove_cache=out_dir.parent / GLOVE_CACHE_DIR,
                         vocabs_from=vocabs_from)
     cfg.model = data.model
+    if cfg.data.max_question_tokens is None:
+        cfg.data.max_question_tokens = max(len(tokenize(r.question)) for r in data.train.records)
+        log.info("data.max_question_tokens %d: the longest training question",
+                 cfg.data.max_question_tokens)
     model = build_model(cfg, data, source).to(device)
     del source, vocabs_from  # the source's weights are in the model now
     if not resume:  # a resumed run has its epochs already

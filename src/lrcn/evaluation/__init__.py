@@ -3,6 +3,7 @@ predicts) and the scoring of results files as users have them (`score`, `vizwiz`
 
 from lrcn.evaluation.evaluators import (
     EVALUATORS,
+    ClevrEvaluator,
     DatasetEvaluator,
     Gather,
     VizWizEvaluator,
@@ -12,6 +13,6 @@ from lrcn.evaluation.evaluators import (
 )
 
 __all__ = [
-    "EVALUATORS", "DatasetEvaluator", "Gather", "VQAEvaluator", "VizWizEvaluator",
+    "EVALUATORS", "ClevrEvaluator", "DatasetEvaluator", "Gather", "VQAEvaluator", "VizWizEvaluator",
     "build_evaluator", "metric_names",
 ]

@@ -25,7 +25,8 @@ from lrcn.fileio import atomic_write
 from lrcn.vqa_accuracy import aggregate, question_accuracy
 
 __all__ = [
-    "EVALUATORS", "DatasetEvaluator", "Gather", "VQAEvaluator", "VizWizEvaluator",
+    "EVALUATORS", "ClevrEvaluator", "DatasetEvaluator", "Gather", "VQAEvaluator",
+    "VizWizEvaluator",
     "build_evaluator", "metric_names",
 ]
 
@@ -46,6 +47,8 @@ class DatasetEvaluator(ABC):
         records: the split's records, addressed by row.
         gather: merges the processes' shares (see the module docstring); None for one process.
     """
+
+    accuracy_name = "accuracy"  # what the metric is called, e.g. in a model card
 
     def __init__(self, records: Sequence[VQARecord], gather: Gather | None = None) -> None:
         self.records = records
@@ -121,6 +124,7 @@ class VQAEvaluator(DatasetEvaluator):
     P(answerable), when processed, is neither scored nor written.
     """
 
+    accuracy_name = "VQA accuracy"
     accuracy = staticmethod(question_accuracy)
 
     def _write(self, path: Path, answers: Answers, answerable: Answerable) -> dict[str, str]:
@@ -138,6 +142,7 @@ class VizWizEvaluator(DatasetEvaluator):
     in ``<stem>_answerable.json`` beside them.
     """
 
+    accuracy_name = "VizWiz accuracy"
     accuracy = staticmethod(vizwiz_accuracy)
 
     def _score(self, answers: Answers, answerable: Answerable) -> dict[str, Any]:
@@ -160,12 +165,33 @@ class VizWizEvaluator(DatasetEvaluator):
         return written
 
 
+class ClevrEvaluator(DatasetEvaluator):
+    """CLEVR's accuracy: the prediction equals the one answer, exactly, as CLEVR papers and
+    openvqa's CLEVR evaluation score it; ``per_question_type`` is by the category of each
+    question's program (``lrcn.data.clevr.QUESTION_CATEGORIES``). The results file is
+    ``[{"question_index", "answer"}]``.
+    """
+
+    accuracy_name = "CLEVR accuracy"
+
+    @staticmethod
+    def accuracy(prediction: str, answers: Sequence[str]) -> float:
+        return float(prediction == answers[0])
+
+    def _write(self, path: Path, answers: Answers, answerable: Answerable) -> dict[str, str]:
+        _write_json(path, [{"question_index": self.records[row].question_id, "answer": answer}
+                           for row, answer in answers.items()])
+        return {"results": str(path)}
+
+
 def _write_json(path: Path, results: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(results).encode("utf-8")))
 
 
 # The metric names datasets register with (`lrcn.data.registry.register_dataset`).
-EVALUATORS: dict[str, type[DatasetEvaluator]] = {"vqa": VQAEvaluator, "vizwiz": VizWizEvaluator}
+EVALUATORS: dict[str, type[DatasetEvaluator]] = {
+    "vqa": VQAEvaluator, "vizwiz": VizWizEvaluator, "clevr": ClevrEvaluator,
+}
 
 
 def metric_names() -> list[str]:

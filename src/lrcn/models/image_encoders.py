@@ -1,8 +1,9 @@
 """Grid image encoders: normalised images (B, 3, H, W) -> grid features (B, h, w, C).
 
 ``SmallCNN`` is trained end to end from pixels (small synthetic datasets such as easy-VQA);
-``TorchvisionTrunk`` is the C5 trunk of a torchvision ResNet/ResNeXt loaded from a state-dict
-file the user has on disk. Nothing here downloads anything.
+``TorchvisionTrunk`` is the trunk of a torchvision ResNet/ResNeXt up to ``layer4`` (C5) or
+``layer3`` (conv4, CLEVR's standard features), loaded from a state-dict file the user has on
+disk. Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from lrcn.errors import LrcnError
 
 TRUNK_NAMES = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
 _TRUNK_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+# The stages a trunk can end at, and the image pixels per grid cell of their output.
+TRUNK_STRIDES = {"layer3": 16, "layer4": 32}
+TRUNK_LAYERS = tuple(TRUNK_STRIDES)
 
 
 class GridEncoder(nn.Module):
@@ -75,15 +79,21 @@ class SmallCNN(GridEncoder):
 
 
 class TorchvisionTrunk(GridEncoder):
-    """The C5 trunk of a torchvision ResNet/ResNeXt (up to layer4): images -> (B, h, w, 2048).
+    """A torchvision ResNet/ResNeXt trunk up to `layer`: images (B, 3, H, W) -> (B, h, w, C).
+
+    ``layer4`` gives the C5 grid (H/32 x W/32, C = 2048 for ResNet-50 and deeper); ``layer3``
+    the conv4 grid (H/16 x W/16, C = 1024), CLEVR's standard features. Only the parts up to
+    `layer` are built and loaded.
 
     Args:
         name: one of ``TRUNK_NAMES``.
-        weights_path: a state-dict file (a full classification state dict is fine; ``fc.*``
-            is ignored), read with ``torch.load(weights_only=True)``.
+        weights_path: a state-dict file (a full classification state dict is fine: ``fc.*``
+            and the stages after `layer` are ignored), read with
+            ``torch.load(weights_only=True)``.
         freeze: keep the weights fixed and the BatchNorm statistics in eval mode, even when a
             parent module calls ``.train()``; a frozen trunk also runs without autograd.
         random_weights: allow building without a weights file (tests only: random features).
+        layer: the last stage run, one of ``TRUNK_LAYERS``.
     """
 
     def __init__(
@@ -92,10 +102,13 @@ class TorchvisionTrunk(GridEncoder):
         weights_path: str | Path | None = None,
         freeze: bool = True,
         random_weights: bool = False,
+        layer: str = "layer4",
     ) -> None:
         super().__init__()
         if name not in TRUNK_NAMES:
             raise LrcnError(f"unknown image trunk {name!r}; known trunks: {', '.join(TRUNK_NAMES)}")
+        if layer not in TRUNK_LAYERS:
+            raise LrcnError(f"unknown trunk layer {layer!r}; known: {', '.join(TRUNK_LAYERS)}")
         if weights_path is None and not random_weights:
             raise LrcnError(
                 f"image encoder {name} needs a weights file (model.encoder_weights): a "
@@ -106,21 +119,31 @@ class TorchvisionTrunk(GridEncoder):
         import torchvision  # heavy; only needed for trunks
 
         net = getattr(torchvision.models, name)(weights=None)  # weights=None: never downloads
-        self.body = nn.Sequential(OrderedDict((part, getattr(net, part)) for part in _TRUNK_PARTS))
+        parts = _TRUNK_PARTS[:_TRUNK_PARTS.index(layer) + 1]
+        self.body = nn.Sequential(OrderedDict((part, getattr(net, part)) for part in parts))
         self.name = name
+        self.layer = layer
         if state is not None:
             self._load(state, Path(weights_path))
-        self.out_channels = 2048
+        # The last convolution of the last stage sets the channels (its last block has no
+        # downsample branch, so that is the block's output convolution).
+        convs = [m for m in getattr(net, layer).modules() if isinstance(m, nn.Conv2d)]
+        self.out_channels = convs[-1].out_channels
         self.trainable = not freeze
         if freeze:
             self.requires_grad_(False)
             self.eval()
 
     def _load(self, state: Mapping[str, torch.Tensor], path: Path) -> None:
-        """Load trunk weights, ignoring the classifier; fail with the first offending keys."""
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        """Load the kept parts' weights, ignoring the classifier and the stages after `layer`.
+
+        Fails with the first offending keys: a tensor the kept parts need, or one no part of
+        the network has.
+        """
         if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
             state = {k[len("module."):]: v for k, v in state.items()}
+        skipped = tuple(f"{part}." for part in _TRUNK_PARTS[len(self.body):]) + ("fc.",)
+        state = {k: v for k, v in state.items() if not k.startswith(skipped)}
         expected = set(self.body.state_dict())
         missing = sorted(expected - set(state))
         unexpected = sorted(set(state) - expected)
@@ -143,7 +166,7 @@ class TorchvisionTrunk(GridEncoder):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check_images(images)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            return self.body(images).permute(0, 2, 3, 1)  # (B, 2048, h, w) -> (B, h, w, 2048)
+            return self.body(images).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
 
 
 def _first_keys(keys: list[str], n: int = 5) -> str:
