@@ -96,10 +96,16 @@ def test_weights_file_gives_the_models_own_features(images: Path, tmp_path: Path
 
     store = FeatureStore.open(tmp_path / "s")
     assert store.source["weights"] == str((tmp_path / "resnet50.pth").resolve())
+    assert_grids_of(store, net, "layer4", images)  # C5: (B, 2, 2, 2048)
+
+
+def assert_grids_of(store: FeatureStore, net: torch.nn.Module, layer: str, images: Path) -> None:
+    """The store holds what torchvision's `net` gives up to `layer` for the KEYS images."""
     pixels = ImageTable([images / k for k in KEYS], 64, cache=False).pixels(torch.arange(3))
-    trunk = torch.nn.Sequential(*list(net.children())[:-2])  # up to layer4: C5
+    parts = [name for name, _ in net.named_children()]
+    trunk = torch.nn.Sequential(*list(net.children())[:parts.index(layer) + 1])
     with torch.no_grad():
-        expected = trunk(normalize(pixels)).permute(0, 2, 3, 1)  # (B, 2, 2, 2048)
+        expected = trunk(normalize(pixels)).permute(0, 2, 3, 1)  # (B, h, w, C)
     got, _ = store.read(np.arange(3))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -131,12 +137,7 @@ def test_layer3_loads_a_classification_state_dict(images: Path, tmp_path: Path, 
     assert code == 0, err
     store = FeatureStore.open(tmp_path / "s")
     assert store.item_shape == (4, 4, 1024) and store.source["layer"] == "layer3"
-    pixels = ImageTable([images / k for k in KEYS], 64, cache=False).pixels(torch.arange(3))
-    trunk = torch.nn.Sequential(*list(net.children())[:-3])  # up to layer3: conv4
-    with torch.no_grad():
-        expected = trunk(normalize(pixels)).permute(0, 2, 3, 1)  # (B, 4, 4, 1024)
-    got, _ = store.read(np.arange(3))
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert_grids_of(store, net, "layer3", images)  # conv4
 
     # layer3 needs nothing after it; a tensor it needs is still required, and named.
     conv4 = {k: v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
