@@ -151,24 +151,49 @@ def read_folder(dest: Path, read: Callable[[Path], T], attempts: int = 5) -> T:
 
     A process writing `dest` (`replace_folder`) may swap it while `read` opens its files one
     by one; a read during which the folder at that path changed (another directory, or none)
-    is discarded and done again, whether it returned or raised. FileNotFoundError when there
-    is no folder; OSError (EBUSY) when it changed at every attempt.
+    is discarded and done again, whether it returned or raised. The directory is held open
+    while it is read, so that its inode number cannot pass to a new folder meanwhile: the
+    same number before and after then means the same directory throughout (a swapped-out
+    folder never comes back). A read of the old folder set aside mid-swap counts only if
+    the swap has not finished by its end (then that folder is being deleted).
+    FileNotFoundError when there is no folder; OSError (EBUSY) when it changed at every
+    attempt.
     """
     for _ in range(attempts):
         folder = current_folder(dest)
         if folder is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(dest))
-        identity = _identity(folder)
         try:
-            result = read(folder)
-        except Exception:
-            if _identity(folder) != identity:
-                continue
-            raise
-        if _identity(folder) == identity:
-            return result
+            held = os.open(folder, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # swapped between the look and the open
+        except OSError:  # folders cannot be opened (Windows): the inode is not held
+            held = None
+        try:
+            if held is None:
+                identity = _identity(folder)
+            else:
+                st = os.fstat(held)
+                identity = (st.st_dev, st.st_ino)
+            try:
+                result = read(folder)
+            except Exception:
+                if not _still(dest, folder, identity):
+                    continue
+                raise
+            if _still(dest, folder, identity):
+                return result
+        finally:
+            if held is not None:
+                os.close(held)
     raise OSError(errno.EBUSY, f"changed while being read, {attempts} times (is a process "
                   "writing it?)", str(dest))
+
+
+def _still(dest: Path, folder: Path, identity: tuple[int, int] | None) -> bool:
+    """Whether `folder` is still the directory `identity` and still `dest`'s current folder
+    (an old folder set aside is being deleted once the new one is in place)."""
+    return current_folder(dest) == folder and _identity(folder) == identity
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:
