@@ -148,8 +148,7 @@ def ask(objects: list[dict[str, Any]], rng: np.random.Generator) -> tuple[str, s
         if not unique:
             return None
         o, d = unique[int(rng.integers(len(unique)))]
-        what = {"size": "size", "color": "color", "material": "material", "shape": "shape"}
-        return (f"What {what[attribute]} is the {phrase(d)}?", o[attribute],
+        return (f"What {attribute} is the {phrase(d)}?", o[attribute],
                 program([d], ["unique", f"query_{attribute}"]))
     if len(unique) < 2:
         return None
