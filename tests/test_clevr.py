@@ -223,6 +223,7 @@ def test_cli_train_evaluate_and_the_test_results(layout: Path, tmp_path: Path,
     # Questions are kept whole: the preset's bound is the longest training question (20 words)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["data"]["max_question_tokens"] == 20
+    assert config["train"]["answer_loss"] == "ce"  # from own-data-clevr, CLEVR's preset
 
     val = run_cli(capsys, "evaluate", "--checkpoint", run, "--split", "val", "--json")
     assert val.code == 0, val.err

@@ -86,13 +86,16 @@ def default_preset(dataset: str | None, features: bool) -> str:
     """The preset a run starts from when no ``--config`` is given.
 
     A dataset with a preset of its own name (easy-vizwiz) starts from it; a dataset read from
-    the user's folder and trained from pixels (no feature stores) from ``OWN_DATA_PRESET``;
+    the user's folder and trained from pixels (no feature stores) from ``own-data-<dataset>``
+    where the dataset's kind of scene needs its own (CLEVR's), else from ``OWN_DATA_PRESET``;
     anything else (easy-VQA, runs on feature stores) from ``DEFAULT_PRESET``.
     """
-    if dataset in preset_names():
+    names = preset_names()
+    if dataset in names:
         return dataset
     if dataset not in (None, "easyvqa") and not features:
-        return OWN_DATA_PRESET
+        own = f"{OWN_DATA_PRESET}-{dataset}"
+        return own if own in names else OWN_DATA_PRESET
     return DEFAULT_PRESET
 
 
