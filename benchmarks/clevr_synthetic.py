@@ -8,15 +8,16 @@ accuracy in <= 30 minutes on a 2-core CPU with
 and no other flag, with ``per_question_type`` in its JSON, and ``lrcn evaluate --split test``
 answers every test question.
 
-The scenes are drawn here in 2-D, in CLEVR's vocabulary: 3-6 objects, each a shape (cube:
-square, sphere: circle, cylinder: upright rectangle), one of CLEVR's eight colours, large or
-small, rubber (matte) or metal (a white highlight), on a grey 480 x 320 canvas. Questions
-follow CLEVR's answering functions, each with its program: exist, count, the integer
-comparisons (equal_integer, less_than, greater_than), attribute queries about an object a
-description singles out, and attribute comparisons of two such objects. The test split has
-no answers, as published.
+The scenes are drawn here in 2-D, in CLEVR's vocabulary: 3-6 objects (``--objects``), each a
+shape (cube: square, sphere: circle, cylinder: upright rectangle), one of CLEVR's eight
+colours, large or small, rubber (matte) or metal (a white highlight), on a grey 480 x 320
+canvas. Questions follow CLEVR's answering functions, each with its program: exist, count,
+the integer comparisons (equal_integer, less_than, greater_than), attribute queries about an
+object a description singles out, and attribute comparisons of two such objects. The test
+split has no answers, as published.
 
-    python benchmarks/clevr_synthetic.py [--work DIR] [--train-images N] [--seed S] [--json]
+    python benchmarks/clevr_synthetic.py [--work DIR] [--train-images N] [--seed S]
+        [--objects MIN-MAX] [--json] [-- FLAGS for lrcn train]
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ ATTRIBUTES = ("size", "color", "material", "shape")
 QUESTIONS_PER_IMAGE = 10
 
 
-def make_scene(rng: np.random.Generator) -> list[dict[str, Any]]:
-    """3-6 objects with random attributes at places where they do not overlap."""
+def make_scene(rng: np.random.Generator, objects_range: tuple[int, int] = (3, 6)
+               ) -> list[dict[str, Any]]:
+    """`objects_range` (3-6) objects with random attributes, at places where they do not overlap
+    (where a free place is found in 1,000 draws)."""
     objects: list[dict[str, Any]] = []
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(objects_range[0], objects_range[1] + 1))):
         for _ in range(1000):
             size = str(rng.choice(list(SIZES)))
             r = SIZES[size]
@@ -159,14 +162,15 @@ def ask(objects: list[dict[str, Any]], rng: np.random.Generator) -> tuple[str, s
             "yes" if same else "no", program([da, db], ["unique", f"equal_{attribute}"]))
 
 
-def write_layout(root: Path, sizes: dict[str, int], seed: int) -> None:
+def write_layout(root: Path, sizes: dict[str, int], seed: int,
+                 objects_range: tuple[int, int] = (3, 6)) -> None:
     """CLEVR_v1.0/questions/CLEVR_<split>_questions.json and images/<split>/*.png."""
     rng = np.random.default_rng(seed)
     for split, count in sizes.items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         questions = []
         for index in range(count):
-            objects = make_scene(rng)
+            objects = make_scene(rng, objects_range)
             name = f"CLEVR_{split}_{index:06d}.png"
             draw_scene(objects).save(root / "images" / split / name)
             asked = 0
@@ -190,13 +194,16 @@ def main() -> int:
     parser.add_argument("--work", help="folder for the data and the run (default: temporary)")
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--objects", default="3-6", help="objects a scene, MIN-MAX (CLEVR: 3-10)")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     parser.add_argument("extra", nargs="*", help="extra flags for lrcn train (after --)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="lrcn-clevr-"))
     root = work / "CLEVR_v1.0"
     if not root.exists():
-        write_layout(root, {"train": args.train_images, "val": 500, "test": 200}, args.seed)
+        low, high = (int(n) for n in args.objects.split("-"))
+        write_layout(root, {"train": args.train_images, "val": 500, "test": 200}, args.seed,
+                     (low, high))
     summary, seconds = run_lrcn_train(["--dataset", "clevr", "--data-root", str(root),
                                        *args.extra], work / "run")
     test = subprocess.run([sys.executable, "-m", "lrcn", "evaluate", "--checkpoint",

@@ -201,12 +201,12 @@ def test_stackings_are_wired_as_the_spec(variant: str) -> None:
     with torch.no_grad():
         net(tokens_with_pads(), torch.randn(3, 6, CHANNELS))
     Y, x0 = seen["lstm"][1][0], seen["proj"][1]
-    x_in, y_in, _, _, s_in, g_in, _ = seen["i0"][0]
+    x_in, y_in, _, _, s_in, g_in, _, _ = seen["i0"][0]
     assert x_in is x0 and s_in is x0 and g_in is x0  # s_0 = g_0 = x_0
     for l in range(3):
         y_prev = Y if l == 0 else seen[f"g{l - 1}" if variant == "cst" else f"q{l - 1}"][1]
         assert seen[f"q{l}"][0][0] is (y_prev[0] if variant == "cst" and l > 0 else y_prev)
-        x_in, y_in, _, _, s_in, g_in, _ = seen[f"i{l}"][0]
+        x_in, y_in, _, _, s_in, g_in, _, _ = seen[f"i{l}"][0]
         if l > 0:
             x_prev, s_prev, g_prev = seen[f"i{l - 1}"][1]
             assert x_in is x_prev and s_in is s_prev and g_in is g_prev
@@ -369,6 +369,67 @@ def test_vqa_model_encodes_each_unique_image_once() -> None:
         model(tokens, images=images, grid=torch.randn(3, 64, 16))
     with pytest.raises(LrcnError, match="image_index"):
         model(tokens, images=images)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_first_image_self_attention_runs_once_per_image(variant: str) -> None:
+    """The first image layer's self-attention reads no question: with image_index it runs on
+    the distinct images (U rows), and the answers and gradients are those of one grid per
+    question. Per-question masks and dropout in training run it per question."""
+    torch.manual_seed(0)
+    net = LRCN(tiny_lrcn_cfg(variant=variant, lrm="both", distance_bias=True, position="coords",
+                             dropout=0.0),
+               VOCAB, ANSWERS, CHANNELS)
+    rows: list[int] = []
+    net.image_layers[0].self_attn.register_forward_hook(
+        lambda mod, args, out: rows.append(args[0].shape[0]))
+    tokens, grid, index = tokens_with_pads(), torch.randn(2, 3, 4, CHANNELS), torch.tensor([1, 0, 1])
+
+    shared = net(tokens, grid, image_index=index)
+    shared.square().sum().backward()
+    shared_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    per_question = net(tokens, grid[index])
+    per_question.square().sum().backward()
+    assert rows == [2, 3]
+    torch.testing.assert_close(shared, per_question, atol=1e-6, rtol=1e-6)
+    for a, b in zip(shared_grads, (p.grad for p in net.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    rows.clear()
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 6:] = False
+    masked = net(tokens, grid, grid_mask=mask, image_index=index)
+    torch.testing.assert_close(masked, net(tokens, grid[index], grid_mask=mask))
+    assert rows == [3, 3]
+
+    rows.clear()  # dropout draws each question's own mask: the same draws as per question
+    dropping = LRCN(tiny_lrcn_cfg(variant=variant, dropout=0.3), VOCAB, ANSWERS, CHANNELS)
+    dropping.image_layers[0].self_attn.register_forward_hook(
+        lambda mod, args, out: rows.append(args[0].shape[0]))
+    torch.manual_seed(1)
+    drawn = dropping(tokens, grid, image_index=index)
+    torch.manual_seed(1)
+    torch.testing.assert_close(drawn, dropping(tokens, grid[index]))
+    assert rows == [3, 3]
+    dropping.eval()
+    rows.clear()
+    torch.testing.assert_close(dropping(tokens, grid, image_index=index),
+                               dropping(tokens, grid[index]), atol=1e-6, rtol=1e-6)
+    assert rows == [2, 3]
+
+
+def test_openvqa_zero_rows_are_found_per_image() -> None:
+    """mask_zero_rows with grids one per image: each question gets its image's mask."""
+    torch.manual_seed(0)
+    net = LRCN(tiny_lrcn_cfg(mask_zero_rows=True), VOCAB, ANSWERS, CHANNELS).eval()
+    grid = torch.randn(2, 6, CHANNELS)
+    grid[0, 4:] = 0  # image 0's last two regions are padding
+    index = torch.tensor([0, 1, 0])
+    out = net.forward_features(tokens_with_pads(), grid, image_index=index)
+    expected = net.forward_features(tokens_with_pads(), grid[index])
+    torch.testing.assert_close(out.fused, expected.fused, atol=1e-6, rtol=1e-6)
+    assert (out.image_weights[[0, 2], 4:] == 0).all() and (out.image_weights[1, 4:] > 0).all()
 
 
 def test_features_model_rejects_images_and_unknown_names() -> None:

@@ -228,15 +228,19 @@ class LateFusion(nn.Module):
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
         grid_boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> LRCNOutput:
         """Fused vectors (B, fused_dim) and pooling weights for questions (B, T) about grids.
 
         Args:
             tokens: token ids (B, T), right-padded with 0 (only B is read when the model does
                 not use the question).
-            grid: (B, H, W, C) or (B, N, C); may be None when the model does not use the image.
+            grid: (B or U, H, W, C) or (B or U, N, C); may be None when the model does not
+                use the image.
             grid_mask: (B, N) or (B, H, W), True = valid cell; None means all valid.
             grid_boxes: (B, N, 4) boxes of a region list's regions (as LRCN takes them).
+            image_index: (B,) the row of ``grid`` each question asks about (grids one per
+                distinct image); None: row i.
 
         Returns:
             An ``LRCNOutput``; the weights of a modality the model does not use are (B, 0).
@@ -247,6 +251,8 @@ class LateFusion(nn.Module):
         if self.image is not None:
             if grid is None:
                 raise LrcnError(f"{type(self).__name__} reads the image: pass a grid")
+            if image_index is not None:
+                grid = torch.index_select(grid, 0, image_index)  # (U, ...) -> (B, ...)
             if grid.shape[0] != B:
                 raise LrcnError(f"{grid.shape[0]} image grids for {B} questions")
             v, image_weights = self.image(grid, grid_mask, grid_boxes)  # (B, D), (B, N)
@@ -272,9 +278,12 @@ class LateFusion(nn.Module):
         grid: torch.Tensor | None = None,
         grid_mask: torch.Tensor | None = None,
         grid_boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Answer logits (B, K) for questions (B, T) about grids (B, H, W, C) or (B, N, C)."""
-        return self.forward_head(self.forward_features(tokens, grid, grid_mask, grid_boxes).fused)
+        """Answer logits (B, K) for questions (B, T) about grids (B or U, H, W, C) or (B or U,
+        N, C); ``image_index`` as in `forward_features`."""
+        return self.forward_head(
+            self.forward_features(tokens, grid, grid_mask, grid_boxes, image_index).fused)
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         """Parameter count, without the word embedding by default (as LRCN reports it)."""

@@ -86,6 +86,25 @@ class ImageSGA(nn.Module):
         self.norm3 = layer_norm(d_model, norm)
         self.dropout = Dropout(dropout, inplace=True, fast=fast)  # on fresh sub-layer outputs
 
+    def attend_self(
+        self,
+        x: torch.Tensor,
+        x_mask: KeyMask | torch.Tensor | None,
+        prev_s: torch.Tensor,
+        centres: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """s_l, the self-attention sub-layer: it reads no question. ``centres`` (1 or B, N, 2)
+        of x's regions: needed with ``distance_bias``."""
+        bias = None
+        if self.distance_bias is not None:
+            if centres is None:
+                raise LrcnError("model.distance_bias needs the centres of the image regions")
+            bias = self.distance_bias(centres)  # (1 or B, heads, N, N)
+        s = x + self.dropout(self.self_attn(x, key_mask=x_mask, score_bias=bias))
+        if self.lrm_sa:
+            s = s + prev_s
+        return self.norm1(s)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -95,18 +114,13 @@ class ImageSGA(nn.Module):
         prev_s: torch.Tensor,
         prev_g: torch.Tensor,
         centres: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns x_l, s_l, g_l; s_l and g_l are the next layer's prev_s and prev_g.
-        ``centres`` (1 or B, N, 2) of x's regions: needed with ``distance_bias``."""
-        bias = None
-        if self.distance_bias is not None:
-            if centres is None:
-                raise LrcnError("model.distance_bias needs the centres of the image regions")
-            bias = self.distance_bias(centres)  # (1 or B, heads, N, N)
-        s = x + self.dropout(self.self_attn(x, key_mask=x_mask, score_bias=bias))
-        if self.lrm_sa:
-            s = s + prev_s
-        s = self.norm1(s)
+        ``centres`` (1 or B, N, 2) of x's regions: needed with ``distance_bias``. ``s``: this
+        layer's `attend_self` when it has been run already (then x is not read)."""
+        if s is None:
+            s = self.attend_self(x, x_mask, prev_s, centres)
         g = s + self.dropout(self.guided_attn(s, y, key_mask=y_mask))
         if self.lrm_ga:
             g = g + prev_g
@@ -304,31 +318,34 @@ class LRCN(nn.Module):
         x_mask: KeyMask | torch.Tensor | None,
         y_mask: KeyMask | torch.Tensor,
         centres: torch.Tensor | None = None,
+        first_s: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y.
-        ``centres`` (1 or B, N, 2) of X's regions: for ``model.distance_bias``."""
+        ``centres`` (1 or B, N, 2) of X's regions: for ``model.distance_bias``. ``first_s``
+        (B, N, D): the first image layer's self-attention output, when run already."""
         s = g = x  # s_0 = g_0 = x_0 (PrevRe(0) = X)
+        given_s = [first_s] + [None] * (len(self.image_layers) - 1)
         if self.variant == "ed":
             # encoder-decoder: all question blocks, then every image layer guided by the final y
             for q_block in self.question_blocks:
                 y = q_block(y, y_mask)
-            for layer in self.image_layers:
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres)
+            for layer, own_s in zip(self.image_layers, given_s):
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, own_s)
         elif self.variant == "st":
             # pure stacking: question block l, then image layer l guided by the question of layer l
-            for q_block, layer in zip(self.question_blocks, self.image_layers):
+            for q_block, layer, own_s in zip(self.question_blocks, self.image_layers, given_s):
                 y = q_block(y, y_mask)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, own_s)
         else:
             # co-stacking: question block l, the question attends to the image of layer l-1,
             # then image layer l guided by the updated question
             q = y  # PrevReY(0) = Y
-            for q_block, q_guided, layer in zip(
-                self.question_blocks, self.question_guided, self.image_layers
+            for q_block, q_guided, layer, own_s in zip(
+                self.question_blocks, self.question_guided, self.image_layers, given_s
             ):
                 y = q_block(y, y_mask)
                 y, q = q_guided(y, x, x_mask, q)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, own_s)
         return x, y
 
     def forward_features(
@@ -337,28 +354,52 @@ class LRCN(nn.Module):
         grid: torch.Tensor,
         grid_mask: torch.Tensor | None = None,
         grid_boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> LRCNOutput:
-        """Questions (B, T) and grids (B, H, W, C) or (B, N, C) -> fused vector and pooling weights.
+        """Questions (B, T) and grids (B or U, H, W, C) or (B or U, N, C) -> fused vector and
+        pooling weights.
 
         Args:
             tokens: token ids, right-padded with 0.
-            grid: image grid features; ``conv``/``avgpool`` reduction needs (B, H, W, C).
+            grid: image grid features, one per question, or with ``image_index`` one per
+                distinct image; ``conv``/``avgpool`` reduction needs (B or U, H, W, C).
             grid_mask: (B, N) or (B, H, W), True = valid region, at the input resolution;
                 None means all regions are valid.
             grid_boxes: (B, N, 4) boxes (x0, y0, x1, y1) of a region list's regions, as
                 fractions of the image's width and height; where they are for
                 ``model.position`` and ``model.distance_bias``. None for grids.
+            image_index: (B,) the row of ``grid`` each question asks about; None: row i.
         """
         y, y_valid = self.encode_question(tokens)
-        x, x_valid, centres = self.encode_grid(grid, grid_mask, grid_boxes)
+        if image_index is not None and not self._first_layer_per_image(grid_mask, grid_boxes):
+            grid, image_index = torch.index_select(grid, 0, image_index), None  # (B, ...)
+        x, x_valid, centres = self.encode_grid(grid, grid_mask, grid_boxes)  # (U or B, N, D)
+        first_s = None
+        if image_index is not None:
+            # The first image layer's self-attention reads no question: it runs once per image
+            # (U rows), then every question gets its image's rows (B). index_select's backward
+            # adds a shared image's gradients in order (see VQAModel._grid).
+            first_s = self.image_layers[0].attend_self(
+                x, KeyMask.of(x_valid, self.no_key_attention), x, centres)  # (U, N, D)
+            x, first_s = (torch.index_select(t, 0, image_index) for t in (x, first_s))
+            if x_valid is not None:  # mask_zero_rows: found per image
+                x_valid = torch.index_select(x_valid, 0, image_index)
         # built once, used by every layer
         y_mask = KeyMask.of(y_valid, self.no_key_attention)
         x_mask = KeyMask.of(x_valid, self.no_key_attention)
-        x, y = self.co_attend(x, y, x_mask, y_mask, centres)
+        x, y = self.co_attend(x, y, x_mask, y_mask, centres, first_s)
         x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
         y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)
         fused = self.fuse_norm(self.fuse_image(x_pooled) + self.fuse_question(y_pooled))
         return LRCNOutput(fused=fused, image_weights=x_weights, question_weights=y_weights)
+
+    def _first_layer_per_image(self, grid_mask: torch.Tensor | None,
+                               grid_boxes: torch.Tensor | None) -> bool:
+        """Whether the first image layer's self-attention can run once per distinct image: not
+        with per-question masks or boxes, and not while dropout draws its masks (each question
+        draws its own, as in MCAN)."""
+        dropping = self.training and self.image_layers[0].dropout.p > 0
+        return grid_mask is None and grid_boxes is None and not dropping
 
     def forward_head(self, fused: torch.Tensor) -> torch.Tensor:
         """Fused vectors (B, fused_dim) -> answer logits (B, K); no sigmoid, no ReLU."""
@@ -370,9 +411,12 @@ class LRCN(nn.Module):
         grid: torch.Tensor,
         grid_mask: torch.Tensor | None = None,
         grid_boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Answer logits (B, K) for questions (B, T) about grids (B, H, W, C) or (B, N, C)."""
-        return self.forward_head(self.forward_features(tokens, grid, grid_mask, grid_boxes).fused)
+        """Answer logits (B, K) for questions (B, T) about grids (B or U, H, W, C) or (B or U,
+        N, C); ``image_index`` as in `forward_features`."""
+        return self.forward_head(
+            self.forward_features(tokens, grid, grid_mask, grid_boxes, image_index).fused)
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         """Parameter count; the paper reports it without the word embedding."""

@@ -44,9 +44,11 @@ class VQAModel(nn.Module):
     """Image encoder (or precomputed grids when ``encoder`` is None) + a net (LRCN or a baseline).
 
     A net is built as ``net_class(cfg, vocab_size, num_answers, grid_channels, word_vectors)``
-    (`build_vqa_model`) and has ``forward_features(tokens, grid, grid_mask, grid_boxes)`` ->
-    `LRCNOutput`, ``forward_head(fused)`` -> answer logits, ``num_parameters``, and the
-    attributes ``uses_image``, ``grid_channels``, ``places_regions`` and ``fused_dim``.
+    (`build_vqa_model`) and has ``forward_features(tokens, grid, grid_mask, grid_boxes,
+    image_index)`` -> `LRCNOutput` (``grid`` one per question, or one per distinct image with
+    ``image_index`` (B,) naming each question's row; masks and boxes one per question),
+    ``forward_head(fused)`` -> answer logits, ``num_parameters``, and the attributes
+    ``uses_image``, ``grid_channels``, ``places_regions`` and ``fused_dim``.
 
     Args:
         encoder: maps images to grids; None when the model reads precomputed grid features
@@ -99,22 +101,20 @@ class VQAModel(nn.Module):
         grid: torch.Tensor | None,
         batch: int,
     ) -> torch.Tensor:
-        """Each question's grid (B, ...): precomputed, or each unique image encoded once."""
+        """The grids the questions ask about (B, or U with ``image_index``): precomputed, or
+        each image encoded once. The net gives each question its image's grid."""
         if (images is None) == (grid is None):
             raise LrcnError("pass exactly one of images= (pixels) or grid= (precomputed features)")
         if images is not None:
             grid = self.encode_images(images)  # (U, h, w, C)
-        if image_index is not None:
-            # (U, ...) -> (B, ...). index_select, not grid[image_index]: the backward of
-            # indexing sums an image's gradients in an order that varies between processes
-            # on the CPU when a batch holds an image twice (train.group_by_image), so the same
-            # seed would not give the same weights; index_select's backward adds in order.
-            grid = torch.index_select(grid, 0, image_index)
-        if grid.shape[0] != batch:
+        if image_index is None and grid.shape[0] != batch:
             raise LrcnError(
                 f"{grid.shape[0]} image grids for {batch} questions; pass image_index (one image "
                 "id per question) when images are shared"
             )
+        if image_index is not None and image_index.shape != (batch,):
+            raise LrcnError(f"image_index has shape {tuple(image_index.shape)}, expected "
+                            f"({batch},): one image row per question")
         return grid
 
     def forward_features(
@@ -141,9 +141,9 @@ class VQAModel(nn.Module):
         """
         if self.net.uses_image:
             grid = self._grid(images, image_index, grid, tokens.shape[0])
-        else:
-            grid = grid_mask = grid_boxes = None  # a text-only net never looks at the image
-        return self.net.forward_features(tokens, grid, grid_mask, grid_boxes)
+        else:  # a text-only net never looks at the image
+            grid = grid_mask = grid_boxes = image_index = None
+        return self.net.forward_features(tokens, grid, grid_mask, grid_boxes, image_index)
 
     def forward(
         self,
