@@ -215,7 +215,7 @@ def test_stackings_are_wired_as_the_spec(variant: str) -> None:
         elif variant == "st":  # image layer l is guided by question block l
             assert y_in is seen[f"q{l}"][1]
         else:  # block l, then the question attends to the image of layer l-1, then image layer l
-            y_g, x_g, _, q_prev = seen[f"g{l}"][0]
+            y_g, x_g, _, q_prev, _ = seen[f"g{l}"][0]
             assert y_g is seen[f"q{l}"][1]
             assert x_g is (x0 if l == 0 else seen[f"i{l - 1}"][1][0])
             assert q_prev is (Y if l == 0 else seen[f"g{l - 1}"][1][1])  # PrevReY(0) = Y
@@ -373,9 +373,10 @@ def test_vqa_model_encodes_each_unique_image_once() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_first_image_self_attention_runs_once_per_image(variant: str) -> None:
-    """The first image layer's self-attention reads no question: with image_index it runs on
-    the distinct images (U rows), and the answers and gradients are those of one grid per
-    question. Per-question masks and dropout in training run it per question."""
+    """The first image layer's self-attention and co-stacking's first keys from the image read
+    no question: with image_index they run on the distinct images (U rows), and the answers
+    and gradients are those of one grid per question. Per-question masks and dropout in
+    training run them per question."""
     torch.manual_seed(0)
     net = LRCN(tiny_lrcn_cfg(variant=variant, lrm="both", distance_bias=True, position="coords",
                              dropout=0.0),
@@ -383,6 +384,10 @@ def test_first_image_self_attention_runs_once_per_image(variant: str) -> None:
     rows: list[int] = []
     net.image_layers[0].self_attn.register_forward_hook(
         lambda mod, args, out: rows.append(args[0].shape[0]))
+    key_rows: list[int] = []  # co-stacking's first question guided block: keys from the image
+    if variant == "cst":
+        net.question_guided[0].guided_attn.kv_proj.register_forward_hook(
+            lambda mod, args, out: key_rows.append(args[0].shape[0]))
     tokens, grid, index = tokens_with_pads(), torch.randn(2, 3, 4, CHANNELS), torch.tensor([1, 0, 1])
 
     shared = net(tokens, grid, image_index=index)
@@ -391,7 +396,7 @@ def test_first_image_self_attention_runs_once_per_image(variant: str) -> None:
     net.zero_grad()
     per_question = net(tokens, grid[index])
     per_question.square().sum().backward()
-    assert rows == [2, 3]
+    assert rows == [2, 3] and key_rows == ([2, 3] if variant == "cst" else [])
     torch.testing.assert_close(shared, per_question, atol=1e-6, rtol=1e-6)
     for a, b in zip(shared_grads, (p.grad for p in net.parameters())):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

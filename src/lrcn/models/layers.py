@@ -126,6 +126,7 @@ class MultiHeadAttention(nn.Module):
         key_value: torch.Tensor | None = None,
         key_mask: torch.Tensor | KeyMask | None = None,
         score_bias: torch.Tensor | None = None,
+        key_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``query`` (B, T, D) to ``key_value`` (B, S, D), or to itself when None.
 
@@ -136,6 +137,9 @@ class MultiHeadAttention(nn.Module):
                 all valid.
             score_bias: (1 or B, heads, T, S) added to the scaled scores before the softmax
                 (`lrcn.models.position.DistanceBias`); None adds nothing.
+            key_rows: cross-attention only: (B,) the row of ``key_value`` (U, S, D) each query
+                attends to, so that keys and values shared by several queries (one image's
+                questions) are projected once; None: row i.
 
         Returns:
             (B, T, D) attended values after the output projection.
@@ -145,9 +149,12 @@ class MultiHeadAttention(nn.Module):
             if key_value is None:
                 raise ValueError("cross-attention needs key_value")
             q = self.q_proj(query)
-            k, v = self.kv_proj(key_value).split(D, dim=-1)
+            kv = self.kv_proj(key_value)  # (B or U, S, 2D)
+            if key_rows is not None:
+                kv = torch.index_select(kv, 0, key_rows)  # (U, S, 2D) -> (B, S, 2D)
+            k, v = kv.split(D, dim=-1)
         else:
-            if key_value is not None:
+            if key_value is not None or key_rows is not None:
                 raise ValueError("self-attention takes no key_value; build with cross=True")
             q, k, v = self.qkv_proj(query).split(D, dim=-1)
         S = k.shape[1]

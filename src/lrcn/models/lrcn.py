@@ -156,9 +156,11 @@ class QuestionGA(nn.Module):
         x: torch.Tensor,
         x_mask: KeyMask | torch.Tensor | None,
         prev_q: torch.Tensor,
+        x_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns y' and q_l; q_l is the next layer's prev_q."""
-        q = y + self.dropout(self.guided_attn(y, x, key_mask=x_mask))
+        """Returns y' and q_l; q_l is the next layer's prev_q. ``x_rows`` (B,): the row of x
+        (one per distinct image) each question reads; None: row i."""
+        q = y + self.dropout(self.guided_attn(y, x, key_mask=x_mask, key_rows=x_rows))
         if self.lrm:
             q = q + prev_q
         q = self.norm1(q)
@@ -319,33 +321,36 @@ class LRCN(nn.Module):
         y_mask: KeyMask | torch.Tensor,
         centres: torch.Tensor | None = None,
         first_s: torch.Tensor | None = None,
+        per_image: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the stacking on X (B, N, D) and Y (B, T, D); returns the final X and Y.
         ``centres`` (1 or B, N, 2) of X's regions: for ``model.distance_bias``. ``first_s``
-        (B, N, D): the first image layer's self-attention output, when run already."""
+        (B, N, D): the first image layer's self-attention output, when run already.
+        ``per_image``: X once per distinct image (U, N, D) and each question's row (B,), for
+        co-stacking's first question guided block, which then projects its keys once an image."""
         s = g = x  # s_0 = g_0 = x_0 (PrevRe(0) = X)
-        given_s = [first_s] + [None] * (len(self.image_layers) - 1)
         if self.variant == "ed":
             # encoder-decoder: all question blocks, then every image layer guided by the final y
             for q_block in self.question_blocks:
                 y = q_block(y, y_mask)
-            for layer, own_s in zip(self.image_layers, given_s):
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, own_s)
+            for l, layer in enumerate(self.image_layers):
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, first_s if l == 0 else None)
         elif self.variant == "st":
             # pure stacking: question block l, then image layer l guided by the question of layer l
-            for q_block, layer, own_s in zip(self.question_blocks, self.image_layers, given_s):
+            for l, (q_block, layer) in enumerate(zip(self.question_blocks, self.image_layers)):
                 y = q_block(y, y_mask)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, own_s)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, first_s if l == 0 else None)
         else:
             # co-stacking: question block l, the question attends to the image of layer l-1,
             # then image layer l guided by the updated question
             q = y  # PrevReY(0) = Y
-            for q_block, q_guided, layer, own_s in zip(
-                self.question_blocks, self.question_guided, self.image_layers, given_s
+            for l, (q_block, q_guided, layer) in enumerate(
+                zip(self.question_blocks, self.question_guided, self.image_layers)
             ):
                 y = q_block(y, y_mask)
-                y, q = q_guided(y, x, x_mask, q)
-                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, own_s)
+                keys, rows = per_image if l == 0 and per_image is not None else (x, None)
+                y, q = q_guided(y, keys, x_mask, q, rows)
+                x, s, g = layer(x, y, x_mask, y_mask, s, g, centres, first_s if l == 0 else None)
         return x, y
 
     def forward_features(
@@ -374,11 +379,13 @@ class LRCN(nn.Module):
         if image_index is not None and not self._first_layer_per_image(grid_mask, grid_boxes):
             grid, image_index = torch.index_select(grid, 0, image_index), None  # (B, ...)
         x, x_valid, centres = self.encode_grid(grid, grid_mask, grid_boxes)  # (U or B, N, D)
-        first_s = None
+        first_s = per_image = None
         if image_index is not None:
-            # The first image layer's self-attention reads no question: it runs once per image
-            # (U rows), then every question gets its image's rows (B). index_select's backward
-            # adds a shared image's gradients in order (see VQAModel._grid).
+            # What reads no question runs once per image (U rows): the first image layer's
+            # self-attention, and co-stacking's first keys from the image; then every question
+            # gets its image's rows (B). index_select's backward adds a shared image's
+            # gradients in order (see VQAModel._grid).
+            per_image = (x, image_index)
             first_s = self.image_layers[0].attend_self(
                 x, KeyMask.of(x_valid, self.no_key_attention), x, centres)  # (U, N, D)
             x, first_s = (torch.index_select(t, 0, image_index) for t in (x, first_s))
@@ -387,7 +394,7 @@ class LRCN(nn.Module):
         # built once, used by every layer
         y_mask = KeyMask.of(y_valid, self.no_key_attention)
         x_mask = KeyMask.of(x_valid, self.no_key_attention)
-        x, y = self.co_attend(x, y, x_mask, y_mask, centres, first_s)
+        x, y = self.co_attend(x, y, x_mask, y_mask, centres, first_s, per_image)
         x_pooled, x_weights = self.image_pool(x, x_mask)  # (B, D), (B, N)
         y_pooled, y_weights = self.question_pool(y, y_mask)  # (B, D), (B, T)
         fused = self.fuse_norm(self.fuse_image(x_pooled) + self.fuse_question(y_pooled))
@@ -395,9 +402,10 @@ class LRCN(nn.Module):
 
     def _first_layer_per_image(self, grid_mask: torch.Tensor | None,
                                grid_boxes: torch.Tensor | None) -> bool:
-        """Whether the first image layer's self-attention can run once per distinct image: not
-        with per-question masks or boxes, and not while dropout draws its masks (each question
-        draws its own, as in MCAN)."""
+        """Whether what reads no question (the first image layer's self-attention, co-stacking's
+        first keys from the image) can run once per distinct image: not with per-question
+        masks or boxes, and not while dropout draws its masks (each question draws its own, as
+        in MCAN)."""
         dropping = self.training and self.image_layers[0].dropout.p > 0
         return grid_mask is None and grid_boxes is None and not dropping
 
