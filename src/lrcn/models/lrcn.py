@@ -383,8 +383,10 @@ class LRCN(nn.Module):
         if image_index is not None:
             # What reads no question runs once per image (U rows): the first image layer's
             # self-attention, and co-stacking's first keys from the image; then every question
-            # gets its image's rows (B). index_select's backward adds a shared image's
-            # gradients in order (see VQAModel._grid).
+            # gets its image's rows (B). index_select, not x[image_index]: the backward of
+            # indexing sums an image's gradients in an order that varies between processes on
+            # the CPU when a batch holds an image twice (train.group_by_image), so the same
+            # seed would not give the same weights; index_select's backward adds in order.
             per_image = (x, image_index)
             first_s = self.image_layers[0].attend_self(
                 x, KeyMask.of(x_valid, self.no_key_attention), x, centres)  # (U, N, D)
