@@ -54,8 +54,11 @@ class PlainAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None,
                 key_mask: torch.Tensor | KeyMask | None = None,
-                score_bias: torch.Tensor | None = None) -> torch.Tensor:
+                score_bias: torch.Tensor | None = None,
+                key_rows: torch.Tensor | None = None) -> torch.Tensor:
         kv = query if key_value is None else key_value
+        if key_rows is not None:  # keys one per distinct image: each query's image's rows
+            kv = torch.index_select(kv, 0, key_rows)
         valid = _valid(key_mask)
         padding = None if valid is None else ~valid
         attn_mask = None

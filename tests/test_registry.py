@@ -48,7 +48,10 @@ class BagOfWords(nn.Module):
         self.fuse = nn.Linear(cfg.word_dim + grid_channels, cfg.fused_dim)
         self.head = nn.Linear(cfg.fused_dim, num_answers)
 
-    def forward_features(self, tokens, grid, grid_mask=None, grid_boxes=None) -> LRCNOutput:
+    def forward_features(self, tokens, grid, grid_mask=None, grid_boxes=None,
+                         image_index=None) -> LRCNOutput:
+        if image_index is not None:  # grids one per distinct image: each question's own
+            grid = grid[image_index]
         words = (tokens != 0).float()
         question_weights = words / words.sum(1, keepdim=True).clamp(min=1)  # (B, T)
         q = torch.bmm(question_weights.unsqueeze(1), self.embed(tokens)).squeeze(1)
