@@ -21,6 +21,7 @@ import torch
 from conftest import Result, read_metrics, run_cli, tiny_set_args, trained_run
 from lrcn.engine import step
 from lrcn.engine.checkpoint import load_checkpoint, save_checkpoint
+from lrcn.errors import LrcnError
 from conftest import assert_one_line_error
 from lrcn.fileio import current_folder
 
@@ -45,10 +46,19 @@ def start_training(out: Path) -> subprocess.Popen:
 
 
 def progress_of(run: Path) -> dict[str, Any] | None:
-    """The progress saved in the last checkpoint, or None before the first save. The folder
-    is swapped in whole while training writes it; load_checkpoint reads one version of it."""
+    """The progress saved in the last checkpoint, or None before the first save (or while
+    the writer outpaces this poll). The folder is swapped in whole while training writes it;
+    load_checkpoint reads one version of it, and gives up after the writer has swapped it under
+    each of its attempts, which a tiny model saving every 5 steps can do to a starved poller."""
     last = run / "checkpoints" / "last"
-    return None if current_folder(last) is None else load_checkpoint(last).progress
+    if current_folder(last) is None:
+        return None
+    try:
+        return load_checkpoint(last).progress
+    except LrcnError as exc:
+        if "changed while being read" in str(exc):
+            return None
+        raise
 
 
 def wait_for_step(proc: subprocess.Popen, run: Path, epoch: int, timeout: float = 60) -> dict:

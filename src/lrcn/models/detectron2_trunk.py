@@ -188,7 +188,7 @@ class Detectron2Trunk(GridEncoder):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self._check_images(images)
+        images = self._checked_images(images)
         with torch.no_grad():
             return self.body(images).permute(0, 2, 3, 1)  # (B, 2048, h, w) -> (B, h, w, 2048)
 
