@@ -20,39 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from lrcn.config import load_config
 from lrcn.engine.step import make_optimizer
 from lrcn.models import create_model
 from lrcn.models.image_encoders import TorchvisionTrunk
-
-BATCH, IMAGES, TOKENS, VOCAB, ANSWERS = 64, 7, 15, 45, 23
-
-
-def _ms_per_call(run: Callable[[], object], calls: int) -> float:
-    run()  # one untimed call: first-touch allocations
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    return (time.perf_counter() - start) / calls * 1000
-
-
-def _side_by_side(channels_last: Callable[[], object], default: Callable[[], object],
-                  rounds: int, calls: int) -> dict[str, float]:
-    fast, slow = [], []
-    for _ in range(rounds):
-        fast.append(_ms_per_call(channels_last, calls))
-        slow.append(_ms_per_call(default, calls))
-    return {"channels_last_ms": round(statistics.median(fast), 1),
-            "default_ms": round(statistics.median(slow), 1),
-            "speedup": round(statistics.median(s / f for s, f in zip(slow, fast)), 3)}
+from step_timing import ANSWERS, VOCAB, shared_image_batch, side_by_side, train_step
 
 
 def main() -> int:
@@ -66,20 +42,14 @@ def main() -> int:
     cfg = load_config("own-data-clevr")
     model = create_model(cfg.model, VOCAB, ANSWERS).train()
     optimizer = make_optimizer(model, cfg.train)
-    tokens = torch.randint(1, VOCAB, (BATCH, TOKENS))
-    images = torch.randn(IMAGES, 3, cfg.data.image_size, cfg.data.image_size)
-    index = torch.arange(BATCH) * IMAGES // BATCH  # (B,): about nine questions an image
-    target = torch.randint(0, ANSWERS, (BATCH,))
+    b = shared_image_batch(cfg.data.image_size)
 
     def step(channels_last: bool) -> None:
-        optimizer.zero_grad(set_to_none=True)
         if channels_last:
-            grid = model.encoder(images)
+            grid = model.encoder(b.images)
         else:  # the same layers on the images as they come: (U, C, 8, 8) -> (U, 8, 8, C)
-            grid = model.encoder.features(images).permute(0, 2, 3, 1)
-        logits = model.forward_all(tokens, grid=grid, image_index=index).answer
-        F.cross_entropy(logits, target, reduction="sum").backward()
-        optimizer.step()
+            grid = model.encoder.features(b.images).permute(0, 2, 3, 1)
+        train_step(model, optimizer, b.tokens, b.target, grid=grid, image_index=b.index)
 
     trunk = TorchvisionTrunk("resnet101", random_weights=True, layer="layer3").eval()
     pixels = torch.randn(4, 3, 224, 224)
@@ -88,12 +58,14 @@ def main() -> int:
     def extract(channels_last: bool) -> torch.Tensor:
         return trunk(pixels) if channels_last else trunk.body(pixels).permute(0, 2, 3, 1)
 
-    result = {
-        "threads": torch.get_num_threads(),
-        "step": _side_by_side(lambda: step(True), lambda: step(False), args.rounds, args.steps),
-        "trunk": _side_by_side(lambda: extract(True), lambda: extract(False), args.rounds,
-                               max(1, args.steps // 4)),
-    }
+    result: dict[str, object] = {"threads": torch.get_num_threads()}
+    for name, run, calls in (("step", step, args.steps),
+                             ("trunk", extract, max(1, args.steps // 4))):
+        timed = side_by_side({"default": lambda: run(False), "channels_last": lambda: run(True)},
+                             args.rounds, calls)
+        result[name] = {"channels_last_ms": timed["channels_last"]["ms"],
+                        "default_ms": timed["default"]["ms"],
+                        "speedup": timed["channels_last"]["speedup"]}
     if not args.json:
         for name, what in (("step", "own-data-clevr training step"),
                            ("trunk", "resnet101 layer3, 4 images at 224")):

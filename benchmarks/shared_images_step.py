@@ -7,33 +7,31 @@ from the image read no question, so with ``image_index`` they run once per disti
 the net (``per_question``, what a model without the sharing does). Both run the CNN once per
 image, the same weights and the same batch; the answers are the same. The step is forward,
 summed cross-entropy, backward and Adam, with the ``own-data-clevr`` preset's model (from
-128 x 128 pixels). Rounds alternate the two paths so machine noise hits both alike;
-``speedup`` is the median of the rounds' ratios.
+128 x 128 pixels) in the stacking `--variant` (default: the preset's). Rounds alternate the
+two paths so machine noise hits both alike; ``speedup`` is the median of the rounds' ratios.
 
-    python benchmarks/shared_images_step.py [--rounds 5] [--steps 10] [--json]
+    python benchmarks/shared_images_step.py [--variant ed|st|cst] [--rounds 5] [--steps 10]
+        [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from lrcn.config import load_config
+from lrcn.config import VARIANTS, load_config
 from lrcn.engine.step import make_optimizer
 from lrcn.models import create_model
-
-BATCH, IMAGES, TOKENS, VOCAB, ANSWERS = 64, 7, 15, 45, 23
+from step_timing import ANSWERS, BATCH, IMAGES, VOCAB, shared_image_batch, side_by_side, train_step
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=VARIANTS, help="LRCN stacking (default: the preset's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed steps a path a round")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
@@ -41,42 +39,28 @@ def main() -> int:
 
     torch.manual_seed(0)
     cfg = load_config("own-data-clevr")
-    model = create_model(cfg.model, VOCAB, ANSWERS).train()
+    model_cfg = dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant)
+    model = create_model(model_cfg, VOCAB, ANSWERS).train()
     optimizer = make_optimizer(model, cfg.train)
-    tokens = torch.randint(1, VOCAB, (BATCH, TOKENS))
-    images = torch.randn(IMAGES, 3, cfg.data.image_size, cfg.data.image_size)
-    index = torch.arange(BATCH) * IMAGES // BATCH  # (B,): about nine questions an image
-    target = torch.randint(0, ANSWERS, (BATCH,))
+    b = shared_image_batch(cfg.data.image_size)
 
-    def step(shared: bool) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if shared:
-            logits = model.forward_all(tokens, images=images, image_index=index).answer
-        else:  # the CNN once per image, then each question its own copy of the grid
-            logits = model.forward_all(tokens, grid=model.encode_images(images)[index]).answer
-        F.cross_entropy(logits, target, reduction="sum").backward()
-        optimizer.step()
+    def shared() -> None:
+        train_step(model, optimizer, b.tokens, b.target, images=b.images, image_index=b.index)
 
-    def ms_per_step(run: Callable[[], None]) -> float:
-        run()  # one untimed step: first-touch allocations
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            run()
-        return (time.perf_counter() - start) / args.steps * 1000
+    def per_question() -> None:  # the CNN once per image, then each question its own grid copy
+        train_step(model, optimizer, b.tokens, b.target,
+                   grid=model.encode_images(b.images)[b.index])
 
-    shared_ms, per_question_ms = [], []
-    for _ in range(args.rounds):
-        shared_ms.append(ms_per_step(lambda: step(True)))
-        per_question_ms.append(ms_per_step(lambda: step(False)))
-    result = {
-        "batch": BATCH, "images": IMAGES, "threads": torch.get_num_threads(),
-        "shared_ms": round(statistics.median(shared_ms), 1),
-        "per_question_ms": round(statistics.median(per_question_ms), 1),
-        "speedup": round(statistics.median(p / s for p, s in zip(per_question_ms, shared_ms)), 3),
-    }
+    timed = side_by_side({"per_question": per_question, "shared": shared}, args.rounds,
+                         args.steps)
+    result = {"variant": model_cfg.variant, "batch": BATCH, "images": IMAGES,
+              "threads": torch.get_num_threads(), "shared_ms": timed["shared"]["ms"],
+              "per_question_ms": timed["per_question"]["ms"],
+              "speedup": timed["shared"]["speedup"]}
     if not args.json:
-        print(f"{BATCH} questions of {IMAGES} images: shared {result['shared_ms']} ms/step, "
-              f"per question {result['per_question_ms']} ms/step, speedup {result['speedup']}x")
+        print(f"{model_cfg.variant}, {BATCH} questions of {IMAGES} images: shared "
+              f"{result['shared_ms']} ms/step, per question {result['per_question_ms']} ms/step, "
+              f"speedup {result['speedup']}x")
     print(json.dumps(result))
     return 0
 

@@ -294,7 +294,7 @@ def test_small_cnn_runs_channels_last_with_the_same_grid_and_gradients() -> None
     images = torch.randn(3, 3, 64, 64)
     grid = cnn(images)
     assert grid.is_contiguous()  # channels innermost: no copy when the net flattens the grid
-    weights = [p for p in cnn.parameters()]
+    weights = list(cnn.parameters())
     got = torch.autograd.grad(grid.square().sum(), weights)
     want_grid = cnn.features(images.contiguous()).permute(0, 2, 3, 1)
     assert not want_grid.is_contiguous()
